@@ -1,0 +1,220 @@
+"""The ``metaprior`` command: list, train, evaluate, plot."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EVAL_METRICS = ("elbo", "iwae")
+
+
+def _pairs(items, what: str) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{what} expects key=value, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _split_settings(settings: dict[str, str], method_cls):
+    from dataclasses import fields
+
+    from .inference.trainer import TrainConfig
+    from .methods.base import field_types
+
+    train_keys = {f.name for f in fields(TrainConfig)} - {"steps", "seed", "device"}
+    method_keys = set(field_types(method_cls))
+    train, method = {}, {}
+    for k, v in settings.items():
+        if k in method_keys:
+            method[k] = v
+        elif k in train_keys:
+            train[k] = v
+        else:
+            raise ValueError(
+                f"unknown setting {k!r}; method settings: {', '.join(sorted(method_keys))}; "
+                f"training settings: {', '.join(sorted(train_keys))}"
+            )
+    return method, train
+
+
+def cmd_list(args) -> int:
+    from .data import DATASETS
+    from .methods import METHODS
+
+    print("methods:")
+    for name, cls in METHODS.items():
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        print(f"  {name:16s} {doc}")
+    print("datasets:")
+    for name in sorted(DATASETS):
+        print(f"  {name}")
+    print("metrics (evaluate):")
+    print("  " + ", ".join(EVAL_METRICS))
+    return 0
+
+
+def cmd_train(args) -> int:
+    import pyro
+
+    from .inference.trainer import TrainConfig, Trainer
+    from .methods import METHODS, configure
+    from .runs import load_data, method_record
+
+    out = Path(args.out)
+    if args.resume:
+        cfg_path = out / "config.json"
+        if not cfg_path.exists():
+            raise FileNotFoundError(f"--resume: {out} holds no run (no config.json); train without --resume first")
+        record = json.loads(cfg_path.read_text())
+        if args.method and args.method != record["method"]:
+            raise ValueError(f"--resume: the run in {out} trains {record['method']!r}, not {args.method!r}")
+        if args.set or args.data_option:
+            raise ValueError("--resume continues the recorded configuration; --set/--data-option cannot change it")
+        name, method_settings = record["method"], record["method_config"]
+        data_spec = record["data"]
+        train_kwargs = dict(record["train"])
+        if args.steps is not None:
+            train_kwargs["steps"] = args.steps
+        if args.device is not None:
+            train_kwargs["device"] = args.device
+        if args.no_progress:
+            train_kwargs["progress"] = False
+        train_cfg = TrainConfig(**train_kwargs)
+    else:
+        if not args.method or not args.data:
+            raise ValueError("train needs --method and --data (see `metaprior list`)")
+        name = args.method
+        method_cls = METHODS[name]
+        method_settings, train_settings = _split_settings(_pairs(args.set, "--set"), method_cls)
+        data_name = str(Path(args.data).resolve()) if Path(args.data).exists() else args.data
+        data_spec = {"name": data_name, "options": _pairs(args.data_option, "--data-option")}
+        from .methods.base import _coerce, field_types
+
+        ttypes = field_types(TrainConfig)
+        train_kwargs = {k: _coerce(v, ttypes[k], k) for k, v in train_settings.items()}
+        train_kwargs.update(steps=args.steps if args.steps is not None else 1000, seed=args.seed,
+                            device=args.device or "cpu", progress=not args.no_progress)
+        train_cfg = TrainConfig(**train_kwargs)
+    data = load_data(data_spec)
+    pyro.set_rng_seed(train_cfg.seed)
+    method = configure(METHODS[name], method_settings)
+    pair, objective = method.build(data)
+    record = {**method_record(name, method), "data": data_spec}
+    trainer = Trainer(pair, objective, data, train_cfg, out=out, record=record)
+    last = trainer.fit(resume=args.resume)
+    print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in last.items()}))
+    if not args.no_plots:
+        _plot(out, device="cpu")
+    return 0
+
+
+def _plot(run_dir: Path, device: str = "cpu") -> list[Path]:
+    import torch
+
+    from . import plots
+    from .runs import load_run
+
+    run = load_run(run_dir, device=device)
+    x = torch.as_tensor(run.data.test_observations(64, run.train.seed)).to(device)
+    d = run_dir / "plots"
+    paths = [
+        plots.reconstructions(run.pair, x, d / "reconstructions.png"),
+        plots.prior_samples(run.pair, d / "samples.png", seed=run.train.seed),
+        plots.latent_traversals(run.pair, x, d / "traversals.png"),
+        plots.training_curves(run_dir / "metrics.jsonl", d / "training.png"),
+    ]
+    return paths
+
+
+def cmd_plot(args) -> int:
+    for p in _plot(Path(args.run), device=args.device):
+        print(p)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    import torch
+
+    from .evaluation.heldout import heldout_elbo, heldout_iwae
+    from .runs import load_run
+
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    bad = [m for m in metrics if m not in EVAL_METRICS]
+    if bad:
+        raise ValueError(f"unknown metric(s) {', '.join(bad)}; valid: {', '.join(EVAL_METRICS)}")
+    if args.num_examples < 1 or args.iwae_samples < 1:
+        raise ValueError("--num-examples and --iwae-samples must be >= 1")
+    run = load_run(args.run, device=args.device)
+    x = torch.as_tensor(run.data.test_observations(args.num_examples, run.train.seed)).to(args.device)
+    path = Path(args.run) / "eval.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    base = {"num_examples": len(x), "split": "test", "checkpoint_step": run.step, "seed": args.seed}
+    if "elbo" in metrics:
+        vals = heldout_elbo(run.pair, x, seed=args.seed)
+        for k, v in vals.items():
+            results[k] = {"value": v, "settings": {**base, "samples": 1, "unit": "nats per example"}}
+    if "iwae" in metrics:
+        vals = heldout_iwae(run.pair, x, num_samples=args.iwae_samples, seed=args.seed)
+        for k, v in vals.items():
+            results[k] = {"value": v, "settings": {**base, "K": args.iwae_samples, "unit": "nats per example"}}
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps({k: round(v["value"], 4) for k, v in results.items()}, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="metaprior", description="Autoencoder-based representation learning as probabilistic programs.")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="methods, datasets and metrics").set_defaults(fn=cmd_list)
+
+    t = sub.add_parser("train", help="train a method on a data set, writing a run directory")
+    t.add_argument("--method", help="method name (see `metaprior list`)")
+    t.add_argument("--data", help="data set name, or a path to an IDX / .npz / .npy file")
+    t.add_argument("--data-option", action="append", metavar="KEY=VALUE", help="data set option, e.g. binarize=true")
+    t.add_argument("--steps", type=int, default=None, help="total optimisation steps (default 1000)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="method or training setting, e.g. beta=4 batch_size=64")
+    t.add_argument("--out", required=True, help="run directory")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    t.add_argument("--device", choices=("cpu", "cuda", "mps", "auto"), default=None)
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--no-plots", action="store_true", help="skip the plots at the end")
+    t.set_defaults(fn=cmd_train)
+
+    e = sub.add_parser("evaluate", help="held-out ELBO, rate, distortion and IWAE log-likelihood -> eval.json")
+    e.add_argument("run")
+    e.add_argument("--metrics", default="elbo,iwae", help=f"comma-separated, from: {', '.join(EVAL_METRICS)}")
+    e.add_argument("--num-examples", type=int, default=1000)
+    e.add_argument("--iwae-samples", type=int, default=100, help="K of the importance-weighted bound")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--device", default="cpu")
+    e.set_defaults(fn=cmd_evaluate)
+
+    pl = sub.add_parser("plot", help="reconstructions, prior samples, latent traversals, training curves -> plots/")
+    pl.add_argument("run")
+    pl.add_argument("--device", default="cpu")
+    pl.set_defaults(fn=cmd_plot)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from .inference.trainer import TrainingError
+    from .registry import UnknownName
+
+    try:
+        return args.fn(args)
+    except (ValueError, UnknownName, TrainingError, FileNotFoundError, RuntimeError) as e:
+        print(f"metaprior: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("metaprior: interrupted; resume with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

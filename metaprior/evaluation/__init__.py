@@ -1,0 +1,1 @@
+"""Disentanglement metrics, held-out ELBO and importance-weighted likelihood, diagnostics."""

@@ -1,0 +1,115 @@
+"""Weight schedules for the KL weight beta and for regularizer weights.
+
+A schedule is a function of the (0-based) optimisation step. Three kinds:
+
+* ``Constant(value)``.
+* ``LinearWarmup(value, steps, start=0.0)``: from ``start`` to ``value`` linearly over
+  ``steps`` steps, then constant (KL warm-up, Bowman et al. 2016; Sonderby et al. 2016).
+* ``Cyclic(value, period, ratio=0.5, start=0.0)``: the cyclical schedule of Fu et al. 2019:
+  in each period, rise linearly from ``start`` to ``value`` over ``ratio * period``
+  steps, then stay at ``value``.
+
+``parse_schedule`` reads the command-line form: ``"4"``, ``"linear:4:1000"``
+(value 4 after 1000 steps) or ``"cyclic:4:500:0.5"``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+
+class Schedule:
+    def __call__(self, step: int) -> float:
+        raise NotImplementedError
+
+    @property
+    def is_constant(self) -> bool:
+        return False
+
+
+def _check_weight(value: float, what: str) -> float:
+    value = float(value)
+    if value != value or value < 0:
+        raise ValueError(f"{what} must be a non-negative number, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class Constant(Schedule):
+    value: float
+
+    def __post_init__(self):
+        _check_weight(self.value, "a weight")
+
+    def __call__(self, step: int) -> float:
+        return float(self.value)
+
+    @property
+    def is_constant(self) -> bool:
+        return True
+
+
+@dataclass(frozen=True)
+class LinearWarmup(Schedule):
+    value: float
+    steps: int
+    start: float = 0.0
+
+    def __post_init__(self):
+        _check_weight(self.value, "a weight")
+        _check_weight(self.start, "a schedule's start")
+        if int(self.steps) < 1:
+            raise ValueError(f"a warm-up needs steps >= 1, got {self.steps}")
+
+    def __call__(self, step: int) -> float:
+        t = min(max(step, 0) / self.steps, 1.0)
+        return self.start + t * (self.value - self.start)
+
+
+@dataclass(frozen=True)
+class Cyclic(Schedule):
+    value: float
+    period: int
+    ratio: float = 0.5
+    start: float = 0.0
+
+    def __post_init__(self):
+        _check_weight(self.value, "a weight")
+        if int(self.period) < 1:
+            raise ValueError(f"a cyclic schedule needs period >= 1, got {self.period}")
+        if not 0.0 < self.ratio <= 1.0:
+            raise ValueError(f"a cyclic schedule needs 0 < ratio <= 1, got {self.ratio}")
+
+    def __call__(self, step: int) -> float:
+        phase = (max(step, 0) % self.period) / (self.period * self.ratio)
+        return self.start + min(phase, 1.0) * (self.value - self.start)
+
+
+WeightLike = Union[float, int, Schedule]
+
+
+def as_schedule(w: WeightLike) -> Schedule:
+    if isinstance(w, Schedule):
+        return w
+    if isinstance(w, str):
+        return parse_schedule(w)
+    return Constant(_check_weight(w, "a weight"))
+
+
+def parse_schedule(spec: str) -> Schedule:
+    """``"4"`` -> Constant(4); ``"linear:V:STEPS[:START]"``; ``"cyclic:V:PERIOD[:RATIO[:START]]"``."""
+    parts = str(spec).strip().split(":")
+    try:
+        if len(parts) == 1:
+            return Constant(float(parts[0]))
+        kind, args = parts[0], [float(p) for p in parts[1:]]
+        if kind == "linear" and len(args) in (2, 3):
+            return LinearWarmup(args[0], int(args[1]), *(args[2:]))
+        if kind == "cyclic" and 2 <= len(args) <= 4:
+            return Cyclic(args[0], int(args[1]), *(args[2:]))
+    except ValueError as e:
+        if "schedule" in str(e) or "weight" in str(e):
+            raise
+    raise ValueError(
+        f"cannot read schedule {spec!r}; use a number, 'linear:VALUE:STEPS[:START]' or 'cyclic:VALUE:PERIOD[:RATIO[:START]]'"
+    )

@@ -1,0 +1,387 @@
+"""One SVI engine for the built-in methods and for model/guide pairs a user writes.
+
+The trainer optimizes ``pair.parameters()`` (plus any ``pyro.param`` sites the programs
+declare) with a torch optimizer against an :class:`~metaprior.inference.elbo.ELBO`, and
+writes the run-directory contract of DESIGN.md:
+
+    out/config.json        resolved configuration, seed and package versions
+    out/metrics.jsonl      one JSON object per logged step: step, loss, elbo, rate, distortion, beta, terms...
+    out/checkpoints/       step_0000500.ckpt ... (model, optimizers, critics, step, RNG states)
+
+Lightning Fabric places the model on the device, handles precision and DDP
+(``strategy="ddp", devices=N``), and reads/writes checkpoints; there is no
+distribution code of our own. Batches come from ``data.batch(step, batch_size, seed)``,
+a pure function of the step, and the checkpoint holds every RNG state, so a run
+resumed from a checkpoint ends exactly where an uninterrupted run does.
+
+Auxiliary updates (critics with their own optimizer: FactorVAE's discriminator, the
+AAE's prior critic) are :class:`AuxiliaryUpdate` modules. Any ELBO term that is one is
+stepped after each main step with the step's traces; extra ones can be passed in.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import pyro
+import torch
+from pyro import poutine
+from torch import nn
+
+from .elbo import ELBO, NonFiniteLoss, TermContext, check_finite
+
+
+class TrainingError(RuntimeError):
+    """Training stopped: a non-finite loss, or a checkpoint that cannot be used."""
+
+
+class CheckpointError(TrainingError):
+    pass
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings. ``checkpoint_every`` and ``log_every`` count steps."""
+
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 1e-3
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    device: str = "cpu"
+    devices: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    grad_clip: float = 0.0
+    validate: bool = False
+    progress: bool = True
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints", "devices"):
+            v = getattr(self, name)
+            if int(v) != v or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if not (self.lr > 0 and np.isfinite(self.lr)):
+            raise ValueError(f"lr (learning rate) must be a positive number, got {self.lr!r}")
+        if self.grad_clip < 0:
+            raise ValueError(f"grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
+        if self.device not in ("cpu", "cuda", "mps", "auto"):
+            raise ValueError(f"device must be cpu, cuda, mps or auto, got {self.device!r}")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError(
+                "device 'cuda' was asked for but torch sees no CUDA GPU (torch.cuda.is_available() is False); "
+                "install a CUDA build of torch (see README) or use --device cpu"
+            )
+
+
+class AuxiliaryUpdate(nn.Module):
+    """A module trained by its own optimizer after each main step (a critic).
+
+    Subclasses implement ``update(ctx) -> dict`` (values to log); it receives the main
+    step's :class:`TermContext` and must use detached inputs. The trainer creates the
+    optimizer with :meth:`configure_optimizer`, zeroes this module's gradients before
+    ``update`` (the main backward also reaches critic parameters used in a term) and
+    steps the optimizer after it. ``update`` returns the loss to minimise under
+    ``"loss"`` plus anything to log.
+    """
+
+    lr: float = 1e-4
+
+    def configure_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.lr)
+
+    def update(self, ctx: TermContext) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+class ModelGuide(nn.Module):
+    """Pairs a user's model and guide functions with the ``nn.Module``s they use."""
+
+    def __init__(self, model, guide, *modules: nn.Module):
+        super().__init__()
+        self._model, self._guide = model, guide
+        self.nets = nn.ModuleList(modules)
+
+    def model(self, *args, **kwargs):
+        return self._model(*args, **kwargs)
+
+    def guide(self, *args, **kwargs):
+        return self._guide(*args, **kwargs)
+
+
+class _SVIObjective(nn.Module):
+    """Puts the objective inside ``forward`` so Fabric's device/precision/DDP wrappers apply."""
+
+    def __init__(self, pair: nn.Module, objective: ELBO, critics: Iterable[nn.Module]):
+        super().__init__()
+        self.pair = pair
+        self.critics = nn.ModuleList(critics)
+        self.objective = objective
+
+    def forward(self, x, step: int, dataset_size: int):
+        res = self.objective(self.pair.model, self.pair.guide, x, step=step, dataset_size=dataset_size)
+        return res.loss, res.parts, res.context
+
+
+def versions() -> dict[str, str]:
+    import metaprior
+
+    out = {"python": platform.python_version(), "metaprior": metaprior.__version__}
+    for mod in ("torch", "pyro", "numpy"):
+        out[mod] = sys.modules[mod].__version__ if mod in sys.modules else __import__(mod).__version__
+    return out
+
+
+def _ckpt_step(path: Path) -> int:
+    m = re.fullmatch(r"step_(\d+)\.ckpt", path.name)
+    return int(m.group(1)) if m else -1
+
+
+def checkpoints(out: Path) -> list[Path]:
+    """Checkpoint files of a run directory, oldest first."""
+    d = Path(out) / "checkpoints"
+    return sorted((p for p in d.glob("step_*.ckpt") if _ckpt_step(p) >= 0), key=_ckpt_step) if d.is_dir() else []
+
+
+class Trainer:
+    """Stochastic variational inference for ``pair.model`` / ``pair.guide`` on ``data``.
+
+    ``pair`` is an ``nn.Module`` with ``model(x)`` and ``guide(x)`` methods (see
+    :class:`ModelGuide` for plain functions); ``data`` offers ``batch(step, batch_size,
+    seed)``, ``num_examples`` and ``observation_shape`` (:mod:`metaprior.data`).
+    ``record`` is stored in ``config.json`` (the CLI puts the method and data spec there).
+    """
+
+    def __init__(self, pair: nn.Module, objective: ELBO, data, config: TrainConfig, out: str | Path | None = None,
+                 record: Mapping[str, Any] | None = None, aux_updates: Iterable[AuxiliaryUpdate] = ()):
+        from lightning_fabric import Fabric
+
+        self.pair, self.objective, self.data, self.config = pair, objective, data, config
+        self.out = Path(out) if out is not None else None
+        self.record = dict(record or {})
+        term_aux = [t for _, t in objective.terms.values() if isinstance(t, AuxiliaryUpdate)]
+        self.aux = list(dict.fromkeys([*term_aux, *aux_updates]))  # unique, in order
+        critics = [t for _, t in objective.terms.values() if isinstance(t, nn.Module)]
+        accel = {"auto": "auto", "cpu": "cpu", "cuda": "cuda", "mps": "mps"}[config.device]
+        self.fabric = Fabric(accelerator=accel, devices=config.devices, strategy=config.strategy,
+                             precision=config.precision)
+        if config.devices > 1 or config.strategy != "auto":
+            self.fabric.launch()
+        self.step = 0
+        self._svi = _SVIObjective(pair, objective, list(dict.fromkeys([*critics, *self.aux])))
+        self._param_sites: dict[str, torch.Tensor] = {}
+        self._setup_done = False
+        self._acc: dict[str, float] = {}
+        self._acc_n = 0
+        self.last_metrics: dict[str, float] = {}
+
+    # -- set-up --------------------------------------------------------------------------
+    def _setup(self) -> None:
+        cfg = self.config
+        module = self._svi
+        x = self._batch(0)
+        x = x.to(self.fabric.device)
+        module.to(self.fabric.device)
+        # Discover pyro.param sites declared inside the programs (the user may not use nn.Modules).
+        with poutine.trace(param_only=True) as tr, torch.no_grad():
+            self.pair.guide(x)
+            poutine.replay(self.pair.model, trace=poutine.trace(self.pair.guide).get_trace(x))(x)
+        own = {id(p) for p in self.pair.parameters()}
+        for name, site in tr.trace.nodes.items():
+            u = site["value"].unconstrained()
+            if id(u) not in own:
+                self._param_sites[name] = u
+        params = [*self.pair.parameters(), *self._param_sites.values()]
+        if not params:
+            raise TrainingError("the model and guide have no parameters to train")
+        opt = torch.optim.Adam(params, lr=cfg.lr)
+        self._module, self._opt = self.fabric.setup(module, opt)
+        self._aux_opts = [self.fabric.setup_optimizers(a.configure_optimizer()) for a in self.aux]
+        self._setup_done = True
+
+    def _batch(self, step: int) -> torch.Tensor:
+        b = self.data.batch(step, self.config.batch_size, self.config.seed)
+        return torch.as_tensor(np.ascontiguousarray(b))
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def _state(self) -> dict:
+        return {
+            "step": self.step,
+            "pair": self.pair,
+            "optimizer": self._opt,
+            "aux": {str(i): a for i, a in enumerate(self.aux)},
+            "aux_optimizers": {str(i): o for i, o in enumerate(self._aux_opts)},
+            "param_sites": {k: v.detach().clone() for k, v in self._param_sites.items()},
+            "accumulator": {"values": dict(self._acc), "n": self._acc_n},
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "numpy": np.random.get_state(),
+                "python": random.getstate(),
+            },
+        }
+
+    def save_checkpoint(self) -> Path:
+        d = self.out / "checkpoints"
+        d.mkdir(parents=True, exist_ok=True)
+        path = d / f"step_{self.step:07d}.ckpt"
+        tmp = d / f".{path.name}.tmp"
+        self.fabric.save(tmp, self._state())
+        if self.fabric.is_global_zero:
+            os.replace(tmp, path)
+            for old in checkpoints(self.out)[: -self.config.keep_checkpoints]:
+                old.unlink()
+        self.fabric.barrier()
+        return path
+
+    def load_checkpoint(self, path: Path) -> None:
+        state = {
+            "pair": self.pair,
+            "optimizer": self._opt,
+            "aux": {str(i): a for i, a in enumerate(self.aux)},
+            "aux_optimizers": {str(i): o for i, o in enumerate(self._aux_opts)},
+        }
+        try:
+            rest = self.fabric.load(path, state)
+            self.step = int(rest["step"])
+            with torch.no_grad():
+                for k, v in rest["param_sites"].items():
+                    self._param_sites[k].copy_(v)
+            rng = rest["rng"]
+            torch.set_rng_state(rng["torch"])
+            if rng["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+            np.random.set_state(rng["numpy"])
+            random.setstate(rng["python"])
+            self._acc = dict(rest["accumulator"]["values"])
+            self._acc_n = int(rest["accumulator"]["n"])
+        except Exception as e:  # noqa: BLE001 -- any failure means the file is unusable
+            older = [p for p in checkpoints(self.out) if _ckpt_step(p) < _ckpt_step(path)]
+            hint = f"delete it to resume from {older[-1].name}" if older else "start afresh without --resume"
+            raise CheckpointError(f"cannot resume from checkpoint {path}: {type(e).__name__}: {e}; {hint}") from e
+
+    # -- the run directory -------------------------------------------------------------------
+    def _config_record(self) -> dict:
+        return {**self.record, "train": asdict(self.config), "versions": versions()}
+
+    def _prepare_out(self, resume: bool) -> Path | None:
+        if self.out is None:
+            if resume:
+                raise CheckpointError("resume needs a run directory (out=...)")
+            return None
+        cfg_path = self.out / "config.json"
+        if resume:
+            ckpts = checkpoints(self.out)
+            if not ckpts:
+                raise CheckpointError(f"no checkpoint to resume from in {self.out / 'checkpoints'}; train without --resume")
+            return ckpts[-1]
+        if self.out.exists() and (cfg_path.exists() or checkpoints(self.out)):
+            raise TrainingError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
+        self.out.mkdir(parents=True, exist_ok=True)
+        if self.fabric.is_global_zero:
+            cfg_path.write_text(json.dumps(self._config_record(), indent=2, default=str) + "\n")
+            (self.out / "metrics.jsonl").write_text("")
+        return None
+
+    def _truncate_metrics(self) -> None:
+        path = self.out / "metrics.jsonl"
+        if not path.exists() or not self.fabric.is_global_zero:
+            return
+        keep = []
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= self.step:
+                    keep.append(line)
+            except (ValueError, KeyError):
+                break  # a torn last line from a crash
+        path.write_text("".join(k + "\n" for k in keep))
+
+    def _log(self, fh) -> None:
+        if not self._acc_n:
+            return
+        row = {"step": self.step, **{k: v / self._acc_n for k, v in self._acc.items()}}
+        row["wall_s"] = round(time.time() - self._t0, 3)
+        self.last_metrics = row
+        if fh is not None:
+            fh.write(json.dumps(row) + "\n")
+            fh.flush()
+        self._acc, self._acc_n = {}, 0
+
+    # -- training ----------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> dict[str, float]:
+        """Train to ``config.steps`` (continuing a checkpointed run when ``resume``); returns the last logged row."""
+        cfg = self.config
+        ckpt = self._prepare_out(resume)
+        pyro.set_rng_seed(cfg.seed)
+        with pyro.validation_enabled(cfg.validate):
+            if not self._setup_done:
+                self._setup()
+            if ckpt is not None:
+                self.load_checkpoint(ckpt)
+                self._truncate_metrics()
+            self._t0 = time.time()
+            return self._loop()
+
+    def _loop(self) -> dict[str, float]:
+        from tqdm.auto import tqdm
+
+        cfg, data = self.config, self.data
+        n_data = int(data.num_examples)
+        fh = open(self.out / "metrics.jsonl", "a") if (self.out is not None and self.fabric.is_global_zero) else None
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not cfg.progress or not self.fabric.is_global_zero,
+                   desc="train", dynamic_ncols=True, leave=False)
+        last_good = checkpoints(self.out)[-1] if self.out is not None and checkpoints(self.out) else None
+        try:
+            while self.step < cfg.steps:
+                x = self._batch(self.step).to(self.fabric.device)
+                loss, parts, ctx = self._module(x, self.step, n_data)
+                if not torch.isfinite(loss):
+                    try:
+                        check_finite(parts, self.step)
+                        raise NonFiniteLoss(self.step, "loss", {k: float(v) for k, v in parts.items()})
+                    except NonFiniteLoss as e:
+                        where = f"; the last good checkpoint is {last_good}" if last_good else "; no checkpoint was written yet"
+                        raise TrainingError(f"{e}{where}. Lower the learning rate, check the data, or enable grad_clip") from e
+                self._opt.zero_grad(set_to_none=True)
+                self.fabric.backward(loss)
+                if cfg.grad_clip > 0:
+                    self.fabric.clip_gradients(self._module, self._opt, max_norm=cfg.grad_clip)
+                self._opt.step()
+                for aux, opt in zip(self.aux, self._aux_opts):
+                    opt.zero_grad(set_to_none=True)
+                    out = aux.update(ctx)
+                    self.fabric.backward(out["loss"])
+                    opt.step()
+                    for k, v in out.items():
+                        parts[f"{type(aux).__name__.lower()}_{k}" if k == "loss" else k] = v.detach()
+                for k, v in self.objective.weights(self.step).items():
+                    parts[k] = v
+                self.step += 1
+                for k, v in parts.items():
+                    self._acc[k] = self._acc.get(k, 0.0) + v  # tensors stay on device until logged
+                self._acc_n += 1
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    self._acc = {k: float(v) for k, v in self._acc.items()}
+                    self._log(fh)
+                    m = self.last_metrics
+                    bar.set_postfix(loss=f"{m['loss']:.2f}", R=f"{m['rate']:.2f}", D=f"{m['distortion']:.2f}")
+                if self.out is not None and (self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps):
+                    self._acc = {k: float(v) for k, v in self._acc.items()}
+                    last_good = self.save_checkpoint()
+        finally:
+            bar.close()
+            if fh is not None:
+                fh.close()
+        return self.last_metrics

@@ -1,0 +1,14 @@
+"""One small recipe per method of the survey, registered by name.
+
+A recipe is a frozen dataclass of hyperparameters with ``build(data) -> (pair, objective)``.
+``METHODS[name]`` is the class; ``register(name)`` is the decorator that fills the registry.
+"""
+from ..registry import Registry
+
+METHODS: Registry = Registry("method")
+register = METHODS.register
+
+from .base import GaussianVAE, configure  # noqa: E402  (recipes register on import)
+from . import vae  # noqa: E402,F401
+
+__all__ = ["METHODS", "register", "GaussianVAE", "configure"]

@@ -1,0 +1,123 @@
+"""The shared Gaussian VAE recipe that penalty-based methods extend, and config parsing.
+
+A method that differs from the VAE only by a penalty overrides :meth:`GaussianVAE.terms`
+(disentanglement_lib's ``regularizer`` hook, here a dict of named, weighted terms that
+the ELBO adds and logs; Tschannen et al. 2018, eq. 5).
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from torch import nn
+
+from ..inference.elbo import ELBO
+from ..inference.schedules import Schedule, parse_schedule
+from ..models.likelihoods import LIKELIHOODS, make_likelihood
+from ..models.vae import VAE
+from ..nets.conv import NETS, build_encoder_decoder
+
+
+@dataclass(frozen=True)
+class GaussianVAE:
+    """The VAE of Kingma & Welling (2014): standard-normal prior, diagonal-Gaussian encoder.
+
+    ``beta`` weighs the rate (beta = 1: the ELBO); ``beta_schedule`` is ``"constant"``,
+    ``"linear:STEPS"`` (warm-up from 0 to beta) or ``"cyclic:PERIOD[:RATIO]"`` (Fu et al. 2019).
+    ``likelihood``: auto (Bernoulli for binary data, else learned-scale Gaussian), bernoulli,
+    gaussian (fixed scale ``obs_scale``) or gaussian_learned. ``net``: auto (conv for 64x64
+    and 28x28 images, else MLP with ``hidden`` layers), mlp, conv64, conv28.
+    """
+
+    latent_dim: int = 10
+    beta: float = 1.0
+    beta_schedule: str = "constant"
+    likelihood: str = "auto"
+    obs_scale: float = 0.1
+    net: str = "auto"
+    hidden: tuple[int, ...] = (400,)
+    analytic_kl: bool = True
+    num_particles: int = 1
+
+    def __post_init__(self):
+        if self.latent_dim < 1:
+            raise ValueError(f"latent_dim must be >= 1, got {self.latent_dim}")
+        if not self.beta >= 0:
+            raise ValueError(f"beta must be >= 0, got {self.beta}")
+        if self.likelihood not in LIKELIHOODS:
+            raise ValueError(f"unknown likelihood {self.likelihood!r}; valid: {', '.join(LIKELIHOODS)}")
+        if self.net not in NETS:
+            raise ValueError(f"unknown net {self.net!r}; valid: {', '.join(NETS)}")
+        if self.num_particles < 1:
+            raise ValueError(f"num_particles must be >= 1, got {self.num_particles}")
+        self.beta_weight()  # validates the schedule string
+
+    def beta_weight(self) -> float | Schedule:
+        spec = self.beta_schedule.strip()
+        if spec == "constant":
+            return self.beta
+        kind, _, rest = spec.partition(":")
+        if kind not in ("linear", "cyclic") or not rest:
+            raise ValueError(f"beta_schedule must be 'constant', 'linear:STEPS' or 'cyclic:PERIOD[:RATIO]', got {spec!r}")
+        return parse_schedule(f"{kind}:{self.beta}:{rest}")
+
+    def build_model(self, data) -> nn.Module:
+        lik = make_likelihood(self.likelihood, data.observation_shape, data.is_binary, self.obs_scale)
+        enc, dec = build_encoder_decoder(self.net, data.observation_shape, 2 * self.latent_dim, self.latent_dim, self.hidden)
+        return VAE(enc, dec, self.latent_dim, lik)
+
+    def terms(self, data) -> dict[str, tuple[Any, Any]]:
+        """Named regularizers ``{name: (weight, term)}`` added to the ELBO; none for the plain VAE."""
+        return {}
+
+    def objective(self, data) -> ELBO:
+        return ELBO(beta=self.beta_weight(), terms=self.terms(data), analytic_kl=self.analytic_kl,
+                    num_particles=self.num_particles)
+
+    def build(self, data) -> tuple[nn.Module, ELBO]:
+        return self.build_model(data), self.objective(data)
+
+
+def _coerce(value: str, typ, key: str):
+    origin = typing.get_origin(typ)
+    try:
+        if typ is bool:
+            v = str(value).strip().lower()
+            if v in ("1", "true", "yes", "on"):
+                return True
+            if v in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if typ is int:
+            f = float(value)
+            if f != int(f):
+                raise ValueError(value)
+            return int(f)
+        if typ is float:
+            return float(value)
+        if origin is tuple:
+            inner = typing.get_args(typ)[0]
+            items = [s for s in str(value).replace("(", "").replace(")", "").split(",") if s.strip()]
+            return tuple(_coerce(s.strip(), inner, key) for s in items)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"cannot read {key}={value!r} as {getattr(typ, '__name__', typ)}") from None
+
+
+def field_types(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
+
+
+def configure(cls, overrides: Mapping[str, Any]):
+    """Instantiate dataclass ``cls`` from string (or typed) overrides; unknown keys list the valid ones."""
+    types = field_types(cls)
+    unknown = [k for k in overrides if k not in types]
+    if unknown:
+        raise ValueError(f"unknown setting(s) {', '.join(unknown)} for {cls.__name__}; valid: {', '.join(types)}")
+    kwargs = {k: (_coerce(v, types[k], k) if isinstance(v, str) else v) for k, v in overrides.items()}
+    if "hidden" in kwargs and isinstance(kwargs["hidden"], list):
+        kwargs["hidden"] = tuple(kwargs["hidden"])
+    return cls(**kwargs)

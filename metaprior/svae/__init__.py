@@ -1,0 +1,57 @@
+"""Structured-VAE (SVAE) backend: pure-JAX exponential families and message passing.
+
+Structured VAEs (Johnson, Duvenaud, Wiltschko, Datta & Adams 2016, "Composing graphical
+models with neural networks for structured representations and fast inference"; survey of
+Tschannen, Bachem & Lucic 2018, Sec. 5.1) pair a conjugate probabilistic graphical model
+over latents (a Gaussian mixture, a linear dynamical system, a hidden Markov model, ...)
+with a neural recognition network that emits conjugate *node potentials*. Inference then
+runs exact message passing on "graphical model + potentials", and global parameters are
+fit with natural gradients computed from expected sufficient statistics.
+
+This package is the numerical core, written as pure functions (jit-able, vmap-friendly,
+float32-safe, no global state):
+
+* :mod:`metaprior.svae.expfam` -- Gaussian (natural ``(J, h)``), diagonal Gaussian
+  potentials, normal-inverse-Wishart, Dirichlet and categorical families: log normalizers,
+  expected statistics (``= grad`` of the log normalizer), natural/standard conversions,
+  KL divergences, reparameterized sampling and ``check_*`` validators.
+* :mod:`metaprior.svae.lds` -- Kalman filter / RTS smoother with node potentials
+  (``kalman_smoother``), forward-filter backward-sampling (``sample_lds_posterior``),
+  ``stack_sequences`` for padding ragged batches.
+* :mod:`metaprior.svae.hmm` -- log-space forward-backward (``hmm_forward_backward``).
+
+Everything is importable from here, e.g. ``from metaprior.svae import gaussian,
+kalman_smoother``; ``gaussian.log_normalizer`` is ``gaussian_log_normalizer``.
+"""
+
+from metaprior.svae import expfam, hmm, lds
+from metaprior.svae.expfam import *  # noqa: F401,F403
+from metaprior.svae.expfam import __all__ as _expfam_all
+from metaprior.svae.hmm import HMMPosterior, hmm_forward_backward
+from metaprior.svae.lds import (
+    LDSFilterResult,
+    LDSPosterior,
+    check_lds_inputs,
+    kalman_filter,
+    kalman_smoother,
+    lds_expected_stats,
+    sample_lds_posterior,
+    stack_sequences,
+)
+
+__all__ = [
+    "expfam",
+    "lds",
+    "hmm",
+    *_expfam_all,
+    "LDSPosterior",
+    "LDSFilterResult",
+    "kalman_filter",
+    "kalman_smoother",
+    "sample_lds_posterior",
+    "lds_expected_stats",
+    "stack_sequences",
+    "check_lds_inputs",
+    "HMMPosterior",
+    "hmm_forward_backward",
+]
