@@ -74,6 +74,9 @@ Deviations from disentanglement_lib (all deliberate, all documented at the funct
   subset holds a single class of a factor.
 * :func:`unsupervised` computes trace(sqrtm(diag(C) C)) from the symmetric eigenvalues of
   diag(C)^1/2 C diag(C)^1/2 (equal in exact arithmetic; no complex round-off).
+* :func:`dci` fits its models on the code columns in a canonical order (sorted by
+  content) and normalizes importances with exactly rounded sums, so permuting code
+  dimensions leaves every score bit-identical.
 * :func:`dci` offers faster importance models besides the reference gradient-boosted
   trees (``model="random_forest"``, the estimator of Eastwood & Williams' own code
   family, and ``model="logistic"``).
@@ -392,6 +395,35 @@ def _importance_model(model: str, seed: int):
     raise ValueError(f"dci: unknown model {model!r}; choose one of {_DCI_MODELS}")
 
 
+def _normalized(v: np.ndarray) -> np.ndarray:
+    t = math.fsum(v)  # exactly rounded: independent of the order of the entries
+    return v / t if t > 0 else v
+
+
+def _tree_importances(model) -> np.ndarray:
+    """``feature_importances_`` of a fitted sklearn forest or gradient-boosting model,
+    recomputed with order-independent sums.
+
+    Same definition as sklearn (mean impurity decrease over trees that split at least
+    once, normalized to sum 1; random-forest trees are normalized one by one first), but
+    the normalizing sums are exactly rounded, so permuting the code dimensions permutes
+    the importances bit for bit (sklearn's ``np.sum`` may differ in the last bit).
+    """
+    est = model.estimators_
+    trees = [t for t in np.ravel(est)] if isinstance(est, np.ndarray) else list(est)
+    trees = [t for t in trees if t.tree_.node_count > 1]
+    d = model.n_features_in_
+    if not trees:
+        return np.zeros(d)
+    try:
+        raw = [t.tree_.compute_feature_importances(normalize=False) for t in trees]
+    except AttributeError:  # pragma: no cover - very old/new sklearn
+        return np.abs(np.asarray(model.feature_importances_, dtype=np.float64))
+    if not isinstance(est, np.ndarray):  # random forest: per-tree normalization first
+        raw = [_normalized(r) for r in raw]
+    return np.abs(_normalized(np.mean(raw, axis=0, dtype=np.float64)))
+
+
 def _entropy_rows(p: np.ndarray, base: int) -> np.ndarray:
     """scipy.stats.entropy of each row of non-negative ``p`` (normalized), log base ``base``.
 
@@ -451,12 +483,22 @@ def dci(codes_train, factors_train, codes_test, factors_test, model: str = "gbt"
     importance = sum over classes of |coefficient|; linear, so it under-rates codes that
     are informative only non-linearly). ``seed`` is passed as ``random_state``.
 
+    The models are fit on the code columns sorted into a canonical (content-based) order
+    and the importances mapped back, and the entropies and weights use order-independent
+    sums, so permuting the code dimensions gives bit-identical scores (otherwise tree
+    ties are broken by sklearn's random feature order and the scores only agree in
+    distribution).
+
     Returns ``{"disentanglement", "completeness", "informativeness_train",
     "informativeness_test"}``.
     """
     ctr, ftr, cte, fte = _check_train_test(codes_train, factors_train, codes_test, factors_test, "dci")
     if model not in _DCI_MODELS:
         raise ValueError(f"dci: unknown model {model!r}; choose one of {_DCI_MODELS}")
+    # Fit on the columns in a canonical (content-sorted) order, so that the models, their
+    # random tie-breaking and hence the scores do not depend on the order of the codes.
+    order = np.lexsort(ctr[::-1])
+    ctr, cte = np.ascontiguousarray(ctr[:, order]), np.ascontiguousarray(cte[:, order])
     if model == "logistic":
         ctr, cte = _standardize(ctr, cte)
     d, k = ctr.shape[1], ftr.shape[1]
@@ -466,9 +508,9 @@ def dci(codes_train, factors_train, codes_test, factors_test, model: str = "gbt"
         clf = _importance_model(model, seed)
         clf.fit(ctr, ftr[:, j])
         if model == "logistic":
-            importance[:, j] = np.abs(clf.coef_).sum(axis=0)
+            importance[order, j] = np.abs(clf.coef_).sum(axis=0)
         else:
-            importance[:, j] = np.abs(clf.feature_importances_)
+            importance[order, j] = _tree_importances(clf)
         acc_train.append(np.mean(clf.predict(ctr) == ftr[:, j]))
         acc_test.append(np.mean(clf.predict(cte) == fte[:, j]))
     dis, comp = dci_from_importance(importance)

@@ -143,6 +143,17 @@ def versions() -> dict[str, str]:
     return out
 
 
+def _numpy_state_to_torch(state) -> dict:
+    """numpy's legacy RNG state in a form torch.load(weights_only=True) accepts."""
+    name, keys, pos, has_gauss, cached = state
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached": float(cached)}
+
+
+def _numpy_state_from_torch(d: dict):
+    return (d["name"], d["keys"].numpy().astype(np.uint32), d["pos"], d["has_gauss"], d["cached"])
+
+
 def _ckpt_step(path: Path) -> int:
     m = re.fullmatch(r"step_(\d+)\.ckpt", path.name)
     return int(m.group(1)) if m else -1
@@ -220,14 +231,14 @@ class Trainer:
             "step": self.step,
             "pair": self.pair,
             "optimizer": self._opt,
-            "aux": {str(i): a for i, a in enumerate(self.aux)},
-            "aux_optimizers": {str(i): o for i, o in enumerate(self._aux_opts)},
+            "aux": {str(i): a.state_dict() for i, a in enumerate(self.aux)},
+            "aux_optimizers": {str(i): o.state_dict() for i, o in enumerate(self._aux_opts)},
             "param_sites": {k: v.detach().clone() for k, v in self._param_sites.items()},
             "accumulator": {"values": dict(self._acc), "n": self._acc_n},
             "rng": {
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "numpy": np.random.get_state(),
+                "numpy": _numpy_state_to_torch(np.random.get_state()),
                 "python": random.getstate(),
             },
         }
@@ -246,15 +257,13 @@ class Trainer:
         return path
 
     def load_checkpoint(self, path: Path) -> None:
-        state = {
-            "pair": self.pair,
-            "optimizer": self._opt,
-            "aux": {str(i): a for i, a in enumerate(self.aux)},
-            "aux_optimizers": {str(i): o for i, o in enumerate(self._aux_opts)},
-        }
+        state = {"pair": self.pair, "optimizer": self._opt}
         try:
             rest = self.fabric.load(path, state)
             self.step = int(rest["step"])
+            for i, (a, o) in enumerate(zip(self.aux, self._aux_opts)):
+                a.load_state_dict(rest["aux"][str(i)])
+                o.load_state_dict(rest["aux_optimizers"][str(i)])
             with torch.no_grad():
                 for k, v in rest["param_sites"].items():
                     self._param_sites[k].copy_(v)
@@ -262,14 +271,16 @@ class Trainer:
             torch.set_rng_state(rng["torch"])
             if rng["cuda"] and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(rng["cuda"])
-            np.random.set_state(rng["numpy"])
+            np.random.set_state(_numpy_state_from_torch(rng["numpy"]))
             random.setstate(rng["python"])
             self._acc = dict(rest["accumulator"]["values"])
             self._acc_n = int(rest["accumulator"]["n"])
         except Exception as e:  # noqa: BLE001 -- any failure means the file is unusable
             older = [p for p in checkpoints(self.out) if _ckpt_step(p) < _ckpt_step(path)]
             hint = f"delete it to resume from {older[-1].name}" if older else "start afresh without --resume"
-            raise CheckpointError(f"cannot resume from checkpoint {path}: {type(e).__name__}: {e}; {hint}") from e
+            why = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+            raise CheckpointError(f"cannot resume from checkpoint {path} (unreadable or incomplete: "
+                                  f"{type(e).__name__}: {why}); {hint}") from e
 
     # -- the run directory -------------------------------------------------------------------
     def _config_record(self) -> dict:
@@ -301,7 +312,8 @@ class Trainer:
         keep = []
         for line in path.read_text().splitlines():
             try:
-                if json.loads(line)["step"] <= self.step:
+                step = json.loads(line)["step"]
+                if step < self.step or (step == self.step and step % self.config.log_every == 0):
                     keep.append(line)
             except (ValueError, KeyError):
                 break  # a torn last line from a crash
@@ -372,14 +384,21 @@ class Trainer:
                     self._acc[k] = self._acc.get(k, 0.0) + v  # tensors stay on device until logged
                 self._acc_n += 1
                 bar.update(1)
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                on_grid = self.step % cfg.log_every == 0
+                if on_grid or self.step == cfg.steps:
                     self._acc = {k: float(v) for k, v in self._acc.items()}
+                # A checkpoint holds the accumulator of the unlogged steps since the last row on the
+                # log grid, so the final off-grid row of a stopped run is dropped and re-averaged on resume.
+                if on_grid:
                     self._log(fh)
-                    m = self.last_metrics
-                    bar.set_postfix(loss=f"{m['loss']:.2f}", R=f"{m['rate']:.2f}", D=f"{m['distortion']:.2f}")
                 if self.out is not None and (self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps):
                     self._acc = {k: float(v) for k, v in self._acc.items()}
                     last_good = self.save_checkpoint()
+                if not on_grid and self.step == cfg.steps:
+                    self._log(fh)
+                if on_grid or self.step == cfg.steps:
+                    m = self.last_metrics
+                    bar.set_postfix(loss=f"{m['loss']:.2f}", R=f"{m['rate']:.2f}", D=f"{m['distortion']:.2f}")
         finally:
             bar.close()
             if fh is not None:

@@ -51,10 +51,14 @@ matrices, ``kappa > 0``, ``nu > d - 1``, positive concentrations) and raise ``Va
 when called on concrete arrays; under ``jit``/``grad``/``vmap`` (traced inputs) the checks
 are skipped so that compiled paths stay pure. The ``check_*`` functions perform the same
 checks explicitly and are meant to be called outside ``jit``.
+
+The public functions are wrapped in ``jax.jit`` (compiled once per shape/dtype, so eager
+calls are cheap; under an outer ``jit``/``grad``/``vmap`` they trace through transparently).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from types import SimpleNamespace
 
@@ -148,6 +152,34 @@ def is_concrete(*xs) -> bool:
     return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(xs))
 
 
+def _validated(check):
+    """Decorator: jit the conversion; run ``check`` on concrete (non-traced) inputs first."""
+
+    def deco(f):
+        core = jax.jit(f)
+
+        @functools.wraps(f)
+        def wrapper(*args):
+            if is_concrete(*args):
+                check(*args)
+            return core(*args)
+
+        return wrapper
+
+    return deco
+
+
+def _static_sample_shape(f):
+    """Decorator: jit a sampler ``f(key, *params, sample_shape=())`` with a static sample shape."""
+    core = jax.jit(f, static_argnames="sample_shape")
+
+    @functools.wraps(f)
+    def wrapper(key, J, h, sample_shape=()):
+        return core(key, J, h, sample_shape=tuple(int(n) for n in sample_shape))
+
+    return wrapper
+
+
 def _chol(M):
     """Lower Cholesky factor of the symmetrized matrix ``M`` (batched)."""
     return jnp.linalg.cholesky(symmetrize(M))
@@ -232,6 +264,7 @@ def _check_positive(x, name):
 # --------------------------------------------------------------------------------------
 
 
+@jax.jit
 def gaussian_log_normalizer(J, h):
     """Log normalizer of ``exp(-1/2 x^T J x + h^T x)``: ``1/2 h^T J^-1 h - 1/2 log|J| + d/2 log 2pi``.
 
@@ -244,12 +277,14 @@ def gaussian_log_normalizer(J, h):
     return 0.5 * _dot(v, v) - 0.5 * _logdet_from_chol(L) + 0.5 * d * _LOG_2PI
 
 
+@jax.jit
 def gaussian_natural_to_standard(J, h):
     """``(J, h) -> (mean, cov) = (J^-1 h, J^-1)`` (batched)."""
     cov, _ = _inv_pd(J)
     return _mv(cov, h), cov
 
 
+@jax.jit
 def gaussian_expected_stats(J, h):
     """Mean parameters ``(E[x x^T], E[x]) = (cov + mean mean^T, mean)``."""
     mean, cov = gaussian_natural_to_standard(J, h)
@@ -272,14 +307,14 @@ def check_gaussian_natural(J, h):
         raise ValueError(f"Gaussian potential h shape {h.shape} does not match J {J.shape}")
 
 
+@_validated(check_gaussian_standard)
 def gaussian_standard_to_natural(mean, cov):
     """``(mean, cov) -> (J, h) = (cov^-1, cov^-1 mean)``; validates concrete inputs."""
-    if is_concrete(mean, cov):
-        check_gaussian_standard(mean, cov)
     J, _ = _inv_pd(cov)
     return J, _mv(J, mean)
 
 
+@jax.jit
 def gaussian_kl(q, p):
     """``KL(q || p)`` between Gaussians given in natural parameters ``q = (J_q, h_q)``, ``p = (J_p, h_p)``.
 
@@ -299,6 +334,7 @@ def gaussian_kl(q, p):
     return 0.5 * (trace + maha - d + logdet_Jq - logdet_Jp)
 
 
+@_static_sample_shape
 def gaussian_sample(key, J, h, sample_shape=()):
     """Reparameterized sample ``x = J^-1 h + L^-T eps`` with ``J = L L^T``, ``eps ~ N(0, I)``.
 
@@ -316,16 +352,19 @@ def gaussian_sample(key, J, h, sample_shape=()):
 # --------------------------------------------------------------------------------------
 
 
+@jax.jit
 def gaussian_diag_log_normalizer(j, h):
     """``sum_i [h_i^2 / (2 j_i) - 1/2 log j_i + 1/2 log 2pi]`` over the last axis (``j > 0``)."""
     return jnp.sum(0.5 * h**2 / j - 0.5 * jnp.log(j) + 0.5 * _LOG_2PI, axis=-1)
 
 
+@jax.jit
 def gaussian_diag_natural_to_standard(j, h):
     """``(j, h) -> (mean, var) = (h / j, 1 / j)``."""
     return h / j, 1.0 / j
 
 
+@jax.jit
 def gaussian_diag_expected_stats(j, h):
     """``(E[x^2], E[x])`` elementwise; ``grad_j logZ = -1/2 E[x^2]``, ``grad_h logZ = E[x]``."""
     mean, var = gaussian_diag_natural_to_standard(j, h)
@@ -344,14 +383,14 @@ def check_gaussian_diag_natural(j, h):
         raise ValueError(f"precision shape {np.shape(j)} does not match potential {np.shape(h)}")
 
 
+@_validated(check_gaussian_diag_standard)
 def gaussian_diag_standard_to_natural(mean, var):
     """``(mean, var) -> (j, h) = (1 / var, mean / var)``; validates concrete inputs."""
-    if is_concrete(mean, var):
-        check_gaussian_diag_standard(mean, var)
     j = 1.0 / var
     return j, mean * j
 
 
+@jax.jit
 def gaussian_diag_from_mean_logvar(mean, log_var):
     """Node potential from a recognition net emitting ``(mean, log_var)``: ``(exp(-log_var), mean exp(-log_var))``.
 
@@ -361,11 +400,13 @@ def gaussian_diag_from_mean_logvar(mean, log_var):
     return j, mean * j
 
 
+@jax.jit
 def gaussian_diag_to_full(j, h):
     """Lift a diagonal potential ``(j, h)`` to full form ``(diag(j), h)`` (batched)."""
     return j[..., :, None] * jnp.eye(j.shape[-1], dtype=j.dtype), h
 
 
+@jax.jit
 def gaussian_diag_kl(q, p):
     """``KL(q || p)`` for diagonal Gaussians in natural parameters ``(j, h)``, summed over the last axis."""
     (jq, hq), (jp, hp) = q, p
@@ -374,6 +415,7 @@ def gaussian_diag_kl(q, p):
     return 0.5 * jnp.sum(jp * vq + jp * (mp - mq) ** 2 - 1.0 + jnp.log(jq) - jnp.log(jp), axis=-1)
 
 
+@_static_sample_shape
 def gaussian_diag_sample(key, j, h, sample_shape=()):
     """Reparameterized sample ``h / j + eps / sqrt(j)``, shape ``sample_shape + h.shape``."""
     eps = jax.random.normal(key, tuple(sample_shape) + h.shape, dtype=h.dtype)
@@ -385,6 +427,7 @@ def gaussian_diag_sample(key, j, h, sample_shape=()):
 # --------------------------------------------------------------------------------------
 
 
+@jax.jit
 def niw_natural_to_standard(A, b, c, n):
     """``(A, b, c, n) -> (S, m, kappa, nu) = (A - b b^T / c, b / c, c, n - d - 2)``."""
     A, b, c, n = (jnp.asarray(x) for x in (A, b, c, n))
@@ -421,13 +464,12 @@ def check_niw_natural(A, b, c, n):
     check_niw_standard(S, b_np / c_np[..., None], c_np, n_np - d - 2)
 
 
+@_validated(check_niw_standard)
 def niw_standard_to_natural(S, m, kappa, nu):
     """``(S, m, kappa, nu) -> (A, b, c, n) = (S + kappa m m^T, kappa m, kappa, nu + d + 2)``.
 
     Validates concrete inputs (PD ``S``, ``kappa > 0``, ``nu > d - 1``); see ``check_niw_standard``.
     """
-    if is_concrete(S, m, kappa, nu):
-        check_niw_standard(S, m, kappa, nu)
     S, m = jnp.asarray(S), jnp.asarray(m)
     kappa = jnp.asarray(kappa, dtype=m.dtype)
     nu = jnp.asarray(nu, dtype=m.dtype)
@@ -435,6 +477,7 @@ def niw_standard_to_natural(S, m, kappa, nu):
     return S + kappa[..., None, None] * _outer(m, m), kappa[..., None] * m, kappa, nu + d + 2
 
 
+@jax.jit
 def niw_log_normalizer(A, b, c, n):
     """NIW log partition function in natural parameters (Murphy 2007, Sec. 9).
 
@@ -452,6 +495,7 @@ def niw_log_normalizer(A, b, c, n):
     )
 
 
+@jax.jit
 def niw_expected_moments(A, b, c, n):
     """Closed-form ``(E[Sigma^-1], E[Sigma^-1 mu], E[mu^T Sigma^-1 mu], E[log|Sigma^-1|])``.
 
@@ -469,6 +513,7 @@ def niw_expected_moments(A, b, c, n):
     return E_Sinv, E_Sinv_mu, E_muSmu, E_logdet_Sinv
 
 
+@jax.jit
 def niw_expected_stats(A, b, c, n):
     """Mean parameters ``E[t(mu, Sigma)] = (-1/2 E[Sigma^-1], E[Sigma^-1 mu], -1/2 E[mu^T Sigma^-1 mu], -1/2 E[log|Sigma|])``.
 
@@ -479,6 +524,7 @@ def niw_expected_stats(A, b, c, n):
     return -0.5 * E_Sinv, E_Sinv_mu, -0.5 * E_muSmu, 0.5 * E_logdet_Sinv
 
 
+@jax.jit
 def niw_kl(q, p):
     """``KL(q || p)`` for NIWs in natural parameters ``q = (A, b, c, n)``, ``p = (A, b, c, n)``.
 
@@ -504,30 +550,33 @@ def check_dirichlet(alpha):
     _check_positive(alpha, "Dirichlet concentration alpha")
 
 
+@_validated(check_dirichlet)
 def dirichlet_standard_to_natural(alpha):
     """``alpha -> eta = alpha - 1``; validates concrete inputs."""
-    if is_concrete(alpha):
-        check_dirichlet(alpha)
     return jnp.asarray(alpha) - 1.0
 
 
+@jax.jit
 def dirichlet_natural_to_standard(eta):
     """``eta -> alpha = eta + 1``."""
     return eta + 1.0
 
 
+@jax.jit
 def dirichlet_log_normalizer(eta):
     """``sum_k gammaln(alpha_k) - gammaln(sum_k alpha_k)`` with ``alpha = eta + 1`` (last axis)."""
     alpha = eta + 1.0
     return jnp.sum(gammaln(alpha), axis=-1) - gammaln(jnp.sum(alpha, axis=-1))
 
 
+@jax.jit
 def dirichlet_expected_stats(eta):
     """``E[log pi] = digamma(alpha) - digamma(sum alpha)`` (= grad of the log normalizer)."""
     alpha = eta + 1.0
     return digamma(alpha) - digamma(jnp.sum(alpha, axis=-1, keepdims=True))
 
 
+@jax.jit
 def dirichlet_kl(q, p):
     """``KL(Dir(alpha_q) || Dir(alpha_p))`` from natural parameters ``eta_q``, ``eta_p`` (last axis)."""
     return (
@@ -542,16 +591,19 @@ def dirichlet_kl(q, p):
 # --------------------------------------------------------------------------------------
 
 
+@jax.jit
 def categorical_log_normalizer(logits):
     """``logsumexp(logits)`` over the last axis."""
     return logsumexp(logits, axis=-1)
 
 
+@jax.jit
 def categorical_expected_stats(logits):
     """``E[onehot(z)] = softmax(logits)``."""
     return jax.nn.softmax(logits, axis=-1)
 
 
+@jax.jit
 def categorical_natural_to_standard(logits):
     """Probabilities ``softmax(logits)``."""
     return jax.nn.softmax(logits, axis=-1)
@@ -566,13 +618,13 @@ def check_categorical(probs):
         raise ValueError("categorical probabilities must sum to 1 over the last axis")
 
 
+@_validated(check_categorical)
 def categorical_standard_to_natural(probs):
     """Probabilities -> logits ``log(probs)`` (zero probabilities give ``-inf``); validates concrete inputs."""
-    if is_concrete(probs):
-        check_categorical(probs)
     return jnp.log(probs)
 
 
+@jax.jit
 def categorical_kl(q, p):
     """``KL(q || p) = sum_k q_k (log q_k - log p_k)`` from logits (last axis); terms with ``q_k = 0`` vanish."""
     log_q = jax.nn.log_softmax(q, axis=-1)

@@ -135,6 +135,8 @@ def hmm_forward_backward(log_pi0, log_A, log_likelihoods, mask=None) -> HMMPoste
         (lls,), mask = _stack_list_inputs([log_likelihoods], mask, "hmm_forward_backward")
         masks = jnp.ones(lls.shape[:2], bool) if mask is None else mask
         return _fb_batched(log_pi0, log_A, lls, masks)
+    if mask is None:  # one compiled variant per shape, masked or not
+        mask = jnp.ones(jnp.shape(log_likelihoods)[:1], bool)
     return _fb_jit(log_pi0, log_A, log_likelihoods, mask)
 
 

@@ -119,22 +119,25 @@ def stack_sequences(seqs: Sequence, pad_value: float = 0.0):
     """
     if not isinstance(seqs, (list, tuple)) or len(seqs) == 0:
         raise ValueError("stack_sequences expects a non-empty list of arrays of shape (T_i, ...)")
-    arrs = [jnp.asarray(s) for s in seqs]
+    concrete = is_concrete(list(seqs))
+    xp = np if concrete else jnp  # numpy for concrete inputs: no per-op device dispatch
+    arrs = [xp.asarray(s) for s in seqs]
     if any(a.ndim < 1 for a in arrs):
         raise ValueError("stack_sequences: every sequence needs a leading time axis")
     trailing = {a.shape[1:] for a in arrs}
     if len(trailing) > 1:
         raise ValueError(f"stack_sequences: sequences have mismatched trailing shapes {sorted(trailing)}")
+    dtype = jnp.result_type(*arrs)
     lengths = [a.shape[0] for a in arrs]
     T = max(lengths)
-    padded = jnp.stack(
+    padded = xp.stack(
         [
-            jnp.concatenate([a, jnp.full((T - a.shape[0],) + a.shape[1:], pad_value, a.dtype)], 0)
+            xp.concatenate([a.astype(dtype), xp.full((T - a.shape[0],) + a.shape[1:], pad_value, dtype)], 0)
             for a in arrs
         ]
     )
-    mask = jnp.asarray(np.arange(T)[None, :] < np.asarray(lengths)[:, None])
-    return padded, mask
+    mask = np.arange(T)[None, :] < np.asarray(lengths)[:, None]
+    return jnp.asarray(padded), jnp.asarray(mask)
 
 
 def _is_list(x) -> bool:
@@ -392,7 +395,12 @@ def _dispatch(single, batched, init, dynamics, node_potentials, mask, what):
         return batched(init, dynamics, pots, masks)
     if is_concrete(init, dynamics, node_potentials, mask):
         check_lds_inputs(init, dynamics, node_potentials, mask)
-    return single(init, dynamics, node_potentials, mask)
+    return single(init, dynamics, node_potentials, _default_mask(h, mask))
+
+
+def _default_mask(h, mask):
+    """All-true mask when none is given (one compiled variant per shape, masked or not)."""
+    return jnp.ones(jnp.shape(h)[:1], bool) if mask is None else mask
 
 
 def kalman_filter(init, dynamics, node_potentials, mask=None) -> LDSFilterResult:
@@ -431,7 +439,7 @@ def sample_lds_posterior(key, init, dynamics, node_potentials, mask=None, sample
         return _sample_batched(keys, init, dynamics, pots, masks, sample_shape)
     if is_concrete(init, dynamics, node_potentials, mask):
         check_lds_inputs(init, dynamics, node_potentials, mask)
-    return _sample_jit(key, init, dynamics, node_potentials, mask, sample_shape)
+    return _sample_jit(key, init, dynamics, node_potentials, _default_mask(h, mask), sample_shape)
 
 
 def lds_expected_stats(posterior: LDSPosterior):
