@@ -135,7 +135,7 @@ DEFAULT_SETTINGS: dict[str, dict] = {
 }
 
 #: Smaller counts (2,000 training / 1,000 test points) and faster models for smoke
-#: runs, sweeps and tests: DCI importances from a 50-tree random forest instead of
+#: runs, sweeps and tests: DCI importances from a 50-tree depth-6 random forest instead of
 #: 100-stage gradient boosting, usefulness with logistic regression only and sizes up
 #: to 1,000. Values are noisier (plug-in MI bias grows ~ bins * classes / (2 n)) and
 #: not comparable with published disentanglement_lib numbers.
@@ -387,7 +387,7 @@ def _importance_model(model: str, seed: int):
         return GradientBoostingClassifier(random_state=seed)
     if model == "random_forest":
         from sklearn.ensemble import RandomForestClassifier
-        return RandomForestClassifier(n_estimators=50, max_features=None, min_samples_leaf=2,
+        return RandomForestClassifier(n_estimators=50, max_depth=6, max_features=None,
                                       random_state=seed, n_jobs=1)
     if model == "logistic":
         from sklearn.linear_model import LogisticRegression
@@ -476,9 +476,12 @@ def dci(codes_train, factors_train, codes_test, factors_test, model: str = "gbt"
     sampled by the caller; ``model="gbt"``: ``GradientBoostingClassifier()`` with sklearn
     defaults (100 stages, depth 3), importances ``feature_importances_`` -- the reference,
     slow with many classes (one tree per class per stage). Faster options:
-    ``model="random_forest"`` (``RandomForestClassifier(n_estimators=50,
-    max_features=None, min_samples_leaf=2)``: bagged trees, impurity importances, the
-    estimator family of Eastwood & Williams; :data:`FAST_SETTINGS` uses it) and
+    ``model="random_forest"`` (``RandomForestClassifier(n_estimators=50, max_depth=6,
+    max_features=None)``: bagged depth-6 trees, impurity importances, the estimator family
+    of Eastwood & Williams; 4-20x faster than "gbt" and, on synthetic codes with 0-30 %
+    noise or linear mixing, within ~0.06 of its disentanglement/completeness (unpruned
+    trees fit noise and spread importance, hence the depth limit); :data:`FAST_SETTINGS`
+    uses it) and
     ``model="logistic"`` (``LogisticRegression(max_iter=1000)`` on standardized codes,
     importance = sum over classes of |coefficient|; linear, so it under-rates codes that
     are informative only non-linearly). ``seed`` is passed as ``random_state``.
