@@ -58,10 +58,20 @@ Deviations from disentanglement_lib (all deliberate, all documented at the funct
 * Vectorized sampling in :func:`beta_vae_score` / :func:`factor_vae_score`: the random
   stream is consumed in chunks, so numbers differ from disentanglement_lib's per-point
   loop for the same seed (same distribution).
-* sklearn's *current* defaults are used where disentanglement_lib said "default"
-  (``LogisticRegression`` is now lbfgs/multinomial instead of the 2019 liblinear/OvR;
-  ``LinearSVC`` picks the primal solver for 1-D inputs). Same model family and
-  regularization; fitted numbers can differ slightly.
+* sklearn's *current* defaults are used where disentanglement_lib said "default":
+  ``LogisticRegression`` / ``LogisticRegressionCV`` now fit the multinomial loss with
+  lbfgs (2019: one-vs-rest, liblinear for ``LogisticRegression``); ``LinearSVC`` picks
+  the primal solver for 1-D inputs (2019: dual). Same model family and regularization;
+  fitted numbers can differ slightly. ``LogisticRegressionCV`` gets ``scoring="accuracy"``
+  (its old implicit default) and plain L2 explicitly, so sklearn >= 1.8 does not change
+  it under us.
+* Result keys are short: ``mig`` (``discrete_mig``), ``sap`` (``SAP_score``),
+  ``modularity`` / ``explicitness_train`` / ``explicitness_test`` (``*_score*``),
+  ``usefulness`` keys ``"{model}_{n}"`` (``"{n}:mean_test_accuracy"``).
+* Extra keyword arguments, all with defaults: ``seed`` (sklearn ``random_state``) for
+  the metrics on fixed codes, ``max_encode_batch`` for the sampling metrics.
+* BLAS is limited to one thread while the sklearn models fit (thousands of tiny fits;
+  threading only slows them); never around the user's ``encode``.
 * :func:`factor_vae_score` reports the number of *active* dimensions (disentanglement_lib
   reports ``len(mask)``, i.e. all dimensions) and maps its argmin back to the original
   dimension index (accuracy is unchanged).

@@ -80,6 +80,8 @@ __all__ = [
     "gaussian_standard_to_natural",
     "gaussian_kl",
     "gaussian_sample",
+    "gaussian_sample_from_noise",
+    "standard_normal",
     "check_gaussian_natural",
     "check_gaussian_standard",
     # diagonal Gaussian
@@ -169,15 +171,20 @@ def _validated(check):
     return deco
 
 
-def _static_sample_shape(f):
-    """Decorator: jit a sampler ``f(key, *params, sample_shape=())`` with a static sample shape."""
-    core = jax.jit(f, static_argnames="sample_shape")
+def standard_normal(key, shape, dtype=None):
+    """``N(0, I)`` noise of the given static ``shape``, drawn flat and reshaped.
 
-    @functools.wraps(f)
-    def wrapper(key, J, h, sample_shape=()):
-        return core(key, J, h, sample_shape=tuple(int(n) for n in sample_shape))
+    Drawing a flat vector means eager calls with the same total size share one compiled RNG
+    program (``jax.random.normal`` is jitted and cached per shape). Jit-safe.
+    """
+    shape = tuple(int(n) for n in shape)
+    dtype = jnp.float32 if dtype is None else dtype
+    return jax.random.normal(key, (math.prod(shape),), dtype=dtype).reshape(shape)
 
-    return wrapper
+
+def _float_dtype(*xs):
+    dt = jnp.result_type(*xs)
+    return dt if jnp.issubdtype(dt, jnp.floating) else jnp.result_type(float)
 
 
 def _chol(M):
@@ -334,17 +341,27 @@ def gaussian_kl(q, p):
     return 0.5 * (trace + maha - d + logdet_Jq - logdet_Jp)
 
 
-@_static_sample_shape
-def gaussian_sample(key, J, h, sample_shape=()):
-    """Reparameterized sample ``x = J^-1 h + L^-T eps`` with ``J = L L^T``, ``eps ~ N(0, I)``.
+@jax.jit
+def gaussian_sample_from_noise(J, h, eps):
+    """Reparameterized transform ``x = J^-1 h + L^-T eps`` of standard-normal noise ``eps``.
 
-    Returns an array of shape ``sample_shape + h.shape`` (``J``, ``h`` may carry batch axes).
+    ``J = L L^T`` (Cholesky of the precision, so ``Cov(x) = L^-T L^-1 = J^-1``); ``eps`` has
+    shape ``sample_shape + h.shape`` (broadcasting against the batch axes of ``J``, ``h``).
     """
     L = _chol(J)
     Linv = _tri_inv(L)
     mean = _mv(jnp.swapaxes(Linv, -1, -2), _mv(Linv, h))
-    eps = jax.random.normal(key, tuple(sample_shape) + h.shape, dtype=h.dtype)
     return mean + jnp.einsum("...ji,...j->...i", Linv, eps)
+
+
+def gaussian_sample(key, J, h, sample_shape=()):
+    """Reparameterized sample ``x = J^-1 h + L^-T eps``, ``J = L L^T``, ``eps ~ N(0, I)``.
+
+    Returns an array of shape ``sample_shape + h.shape`` (``J``, ``h`` may carry batch axes).
+    Jit-able with a static ``sample_shape``; differentiable w.r.t. ``J`` and ``h``.
+    """
+    shape = tuple(int(n) for n in sample_shape) + tuple(np.shape(h))
+    return gaussian_sample_from_noise(J, h, standard_normal(key, shape, _float_dtype(J, h)))
 
 
 # --------------------------------------------------------------------------------------
@@ -415,10 +432,14 @@ def gaussian_diag_kl(q, p):
     return 0.5 * jnp.sum(jp * vq + jp * (mp - mq) ** 2 - 1.0 + jnp.log(jq) - jnp.log(jp), axis=-1)
 
 
-@_static_sample_shape
 def gaussian_diag_sample(key, j, h, sample_shape=()):
     """Reparameterized sample ``h / j + eps / sqrt(j)``, shape ``sample_shape + h.shape``."""
-    eps = jax.random.normal(key, tuple(sample_shape) + h.shape, dtype=h.dtype)
+    shape = tuple(int(n) for n in sample_shape) + tuple(np.shape(h))
+    return _diag_from_noise(j, h, standard_normal(key, shape, _float_dtype(j, h)))
+
+
+@jax.jit
+def _diag_from_noise(j, h, eps):
     return h / j + eps * jax.lax.rsqrt(j)
 
 
@@ -645,6 +666,7 @@ gaussian = SimpleNamespace(
     standard_to_natural=gaussian_standard_to_natural,
     kl=gaussian_kl,
     sample=gaussian_sample,
+    sample_from_noise=gaussian_sample_from_noise,
     check_natural=check_gaussian_natural,
     check_standard=check_gaussian_standard,
 )

@@ -57,7 +57,9 @@ from metaprior.svae.expfam import (
     _outer,
     _tri_inv,
     _chol,
+    _float_dtype,
     is_concrete,
+    standard_normal,
     symmetrize,
 )
 
@@ -67,6 +69,7 @@ __all__ = [
     "kalman_filter",
     "kalman_smoother",
     "sample_lds_posterior",
+    "sample_lds_posterior_from_noise",
     "lds_expected_stats",
     "stack_sequences",
     "check_lds_inputs",
@@ -178,32 +181,45 @@ def _stack_list_inputs(arrays_lists: Sequence[Sequence], mask, what: str):
     return stacked, mask
 
 
+def _check_shapes(init, dynamics, node_potentials, mask):
+    """Static shape checks (no array operations; safe under jit). Returns ``(T, d)``."""
+    (mu0, Sigma0), (A, Q), (J, h) = init, dynamics, node_potentials
+    hs = np.shape(h)
+    if len(hs) != 2:
+        raise ValueError(f"node potential h must have shape (T, d); got {hs}")
+    T, d = hs
+    if np.shape(mu0) != (d,) or np.shape(Sigma0) != (d, d):
+        raise ValueError(
+            f"init (mu0, Sigma0) must have shapes ({d},), ({d}, {d}); got {np.shape(mu0)}, {np.shape(Sigma0)}"
+        )
+    if np.shape(J) not in ((T, d), (T, d, d)):
+        raise ValueError(
+            f"node potential J must have shape (T, d) or (T, d, d) = ({T}, {d}[, {d}]); got {np.shape(J)}"
+        )
+    for name, M in (("A", A), ("Q", Q)):
+        if np.shape(M) not in ((d, d), (T - 1, d, d)):
+            raise ValueError(
+                f"dynamics {name} must have shape ({d}, {d}) or ({T - 1}, {d}, {d}); got {np.shape(M)}"
+            )
+    if mask is not None and np.shape(mask) != (T,):
+        raise ValueError(f"mask must have shape (T,) = ({T},); got {np.shape(mask)}")
+    return T, d
+
+
 def _prepare(init, dynamics, node_potentials, mask):
-    """Shape-check and canonicalize inputs (static shapes only; safe under jit)."""
+    """Shape-check and canonicalize inputs (static shapes only; meant to run under jit)."""
+    T, d = _check_shapes(init, dynamics, node_potentials, mask)
     mu0, Sigma0 = (jnp.asarray(x) for x in init)
     A, Q = (jnp.asarray(x) for x in dynamics)
     J, h = (jnp.asarray(x) for x in node_potentials)
-    if h.ndim != 2:
-        raise ValueError(f"node potential h must have shape (T, d); got {h.shape}")
-    T, d = h.shape
-    if mu0.shape != (d,) or Sigma0.shape != (d, d):
-        raise ValueError(f"init (mu0, Sigma0) must have shapes ({d},), ({d}, {d}); got {mu0.shape}, {Sigma0.shape}")
     if J.shape == (T, d):
         J = J[..., :, None] * jnp.eye(d, dtype=J.dtype)
-    elif J.shape != (T, d, d):
-        raise ValueError(f"node potential J must have shape (T, d) or (T, d, d) = ({T}, {d}[, {d}]); got {J.shape}")
-    for name, M in (("A", A), ("Q", Q)):
-        if M.shape not in ((d, d), (T - 1, d, d)):
-            raise ValueError(f"dynamics {name} must have shape ({d}, {d}) or ({T - 1}, {d}, {d}); got {M.shape}")
     A = jnp.broadcast_to(A, (T - 1, d, d))
     Q = jnp.broadcast_to(Q, (T - 1, d, d))
     dtype = jnp.result_type(mu0, Sigma0, A, Q, J, h)
     mu0, Sigma0, A, Q, J, h = (x.astype(dtype) for x in (mu0, Sigma0, A, Q, J, h))
     if mask is not None:
-        mask = jnp.asarray(mask)
-        if mask.shape != (T,):
-            raise ValueError(f"mask must have shape (T,) = ({T},); got {mask.shape}")
-        on = mask > 0
+        on = jnp.asarray(mask) > 0
         J = jnp.where(on[:, None, None], J, 0.0)
         h = jnp.where(on[:, None], h, 0.0)
     return mu0, symmetrize(Sigma0), A, symmetrize(Q), symmetrize(J), h
@@ -229,7 +245,7 @@ def check_lds_inputs(init, dynamics, node_potentials, mask=None):
         for Ji, hi in zip(J, h):
             check_lds_inputs(init, dynamics, (Ji, hi), None)
         return
-    _prepare(init, dynamics, node_potentials, mask)  # shapes
+    _check_shapes(init, dynamics, node_potentials, mask)
     _check_pd(init[1], "initial covariance Sigma0")
     _check_pd(dynamics[1], "dynamics noise covariance Q")
     if not np.all(np.isfinite(_np(dynamics[0], "dynamics A"))):
@@ -304,8 +320,8 @@ def _smooth(mu0, Sigma0, A, Q, J, h) -> LDSPosterior:
     return LDSPosterior(means, covs, cross, cross_moments, f.log_normalizer)
 
 
-def _sample(key, mu0, Sigma0, A, Q, J, h, sample_shape):
-    """Forward filtering, backward sampling with reparameterized noise."""
+def _sample(eps, mu0, Sigma0, A, Q, J, h):
+    """Forward filtering, backward sampling; ``eps`` (..., T, d) standard-normal noise."""
     f = _filter(mu0, Sigma0, A, Q, J, h)
     T, d = h.shape
     Q_inv, _ = _inv_pd(Q)                                  # (T-1, d, d)
@@ -318,26 +334,19 @@ def _sample(key, mu0, Sigma0, A, Q, J, h, sample_shape):
     cov_all = jnp.swapaxes(Linv, -1, -2) @ Linv
     offsets = _mv(cov_all, f.filtered_potentials)           # (T, d)
     gains = cov_all[:-1] @ AtQinv                          # (T-1, d, d)
-    noise_mats = jnp.swapaxes(Linv, -1, -2)                # x = mean + Linv^T eps
+    # x_t = offsets_t + gains_t x_{t+1} + Linv_t^T eps_t   (row-vector form below)
+    batch_shape = eps.shape[:-2]
+    e = jnp.moveaxis(eps.reshape((-1, T, d)), 1, 0)        # (T, S, d)
+    x_last = offsets[-1] + e[-1] @ Linv[-1]
 
-    eps = jax.random.normal(key, tuple(sample_shape) + (T, d), dtype=h.dtype)
-    eps = eps.reshape((-1, T, d))
+    def step(x_next, xs):
+        off, gain, Li, e_t = xs
+        x = off + x_next @ gain.T + e_t @ Li
+        return x, x
 
-    def one(eps_seq):
-        x_last = offsets[-1] + noise_mats[-1] @ eps_seq[-1]
-
-        def step(x_next, xs):
-            off, gain, nm, e = xs
-            x = off + gain @ x_next + nm @ e
-            return x, x
-
-        _, xs = jax.lax.scan(
-            step, x_last, (offsets[:-1], gains, noise_mats[:-1], eps_seq[:-1]), reverse=True
-        )
-        return jnp.concatenate([xs, x_last[None]], 0)
-
-    samples = jax.vmap(one)(eps)
-    return samples.reshape(tuple(sample_shape) + (T, d))
+    _, xs = jax.lax.scan(step, x_last, (offsets[:-1], gains, Linv[:-1], e[:-1]), reverse=True)
+    samples = jnp.concatenate([xs, x_last[None]], 0)       # (T, S, d)
+    return jnp.moveaxis(samples, 0, 1).reshape(batch_shape + (T, d))
 
 
 # --------------------------------------------------------------------------------------
@@ -362,17 +371,17 @@ _filter_batched = jax.jit(jax.vmap(_single(_filter), in_axes=(None, None, 0, 0))
 _smooth_batched = jax.jit(jax.vmap(_single(_smooth), in_axes=(None, None, 0, 0)))
 
 
-@partial(jax.jit, static_argnames="sample_shape")
-def _sample_jit(key, init, dynamics, node_potentials, mask, sample_shape):
-    return _sample(key, *_prepare(init, dynamics, node_potentials, mask), sample_shape)
+@jax.jit
+def _sample_jit(eps, init, dynamics, node_potentials, mask):
+    return _sample(eps, *_prepare(init, dynamics, node_potentials, mask))
 
 
-@partial(jax.jit, static_argnames="sample_shape")
-def _sample_batched(keys, init, dynamics, node_potentials, mask, sample_shape):
-    def one(k, pot, m):
-        return _sample(k, *_prepare(init, dynamics, pot, m), sample_shape)
+@jax.jit
+def _sample_batched(eps, init, dynamics, node_potentials, mask):
+    def one(e, pot, m):
+        return _sample(e, *_prepare(init, dynamics, pot, m))
 
-    return jax.vmap(one)(keys, node_potentials, mask)
+    return jax.vmap(one)(eps, node_potentials, mask)
 
 
 def _canonical_batch(init, dynamics, node_potentials, mask, what, validate=True):
@@ -382,8 +391,10 @@ def _canonical_batch(init, dynamics, node_potentials, mask, what, validate=True)
         raise ValueError(f"{what}: J and h must both be lists (a batch of sequences) or both arrays")
     (Js, hs), mask = _stack_list_inputs([J, h], mask, what)
     if validate and is_concrete(init, dynamics, Js, hs, mask):
-        for i in range(hs.shape[0]):
-            check_lds_inputs(init, dynamics, (Js[i], hs[i]), None if mask is None else mask[i])
+        Jn, hn = np.asarray(Js), np.asarray(hs)
+        mn = None if mask is None else np.asarray(mask)
+        for i in range(hn.shape[0]):
+            check_lds_inputs(init, dynamics, (Jn[i], hn[i]), None if mn is None else mn[i])
     masks = jnp.ones(hs.shape[:2], bool) if mask is None else mask
     return (Js, hs), masks
 
@@ -428,18 +439,38 @@ def kalman_smoother(init, dynamics, node_potentials, mask=None) -> LDSPosterior:
 def sample_lds_posterior(key, init, dynamics, node_potentials, mask=None, sample_shape=()):
     """Reparameterized samples from ``p(x_{1:T} | psi)`` by forward filtering, backward sampling.
 
-    Returns ``sample_shape + (T, d)`` (with a leading batch axis ``N`` for list inputs, each
-    sequence using an independent key). Differentiable w.r.t. all inputs.
+    Returns ``sample_shape + (T, d)`` (with a leading batch axis ``N`` for list inputs, with
+    independent noise per sequence). Differentiable w.r.t. all inputs; jit-able with a static
+    ``sample_shape``. Equivalent to ``sample_lds_posterior_from_noise`` with
+    ``noise = standard_normal(key, [N,] + sample_shape + (T, d))``.
     """
     sample_shape = tuple(int(n) for n in sample_shape)
     J, h = node_potentials
+    dtype = _float_dtype(*jax.tree_util.tree_leaves((init, dynamics, node_potentials)))
     if _is_list(h) or _is_list(J):
         pots, masks = _canonical_batch(init, dynamics, node_potentials, mask, "sample_lds_posterior")
-        keys = jax.random.split(key, pots[1].shape[0])
-        return _sample_batched(keys, init, dynamics, pots, masks, sample_shape)
+        shape = (pots[1].shape[0],) + sample_shape + pots[1].shape[1:]
+        return _sample_batched(standard_normal(key, shape, dtype), init, dynamics, pots, masks)
     if is_concrete(init, dynamics, node_potentials, mask):
         check_lds_inputs(init, dynamics, node_potentials, mask)
-    return _sample_jit(key, init, dynamics, node_potentials, _default_mask(h, mask), sample_shape)
+    noise = standard_normal(key, sample_shape + tuple(np.shape(h)), dtype)
+    return _sample_jit(noise, init, dynamics, node_potentials, _default_mask(h, mask))
+
+
+def sample_lds_posterior_from_noise(noise, init, dynamics, node_potentials, mask=None):
+    """Deterministic, reparameterized transform of standard-normal ``noise`` into posterior samples.
+
+    ``noise``: ``sample_shape + (T, d)`` (for list inputs ``(N,) + sample_shape + (T_max, d)``).
+    Useful for common random numbers across parameter values. Same validation as
+    ``sample_lds_posterior``.
+    """
+    J, h = node_potentials
+    if _is_list(h) or _is_list(J):
+        pots, masks = _canonical_batch(init, dynamics, node_potentials, mask, "sample_lds_posterior_from_noise")
+        return _sample_batched(noise, init, dynamics, pots, masks)
+    if is_concrete(init, dynamics, node_potentials, mask):
+        check_lds_inputs(init, dynamics, node_potentials, mask)
+    return _sample_jit(noise, init, dynamics, node_potentials, _default_mask(h, mask))
 
 
 def lds_expected_stats(posterior: LDSPosterior):
