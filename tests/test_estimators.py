@@ -11,7 +11,7 @@ from scipy.stats import norm
 from torch.distributions import Normal, kl_divergence
 
 from metaprior.inference.estimators import (
-    dimwise_kl,
+    dimensionwise_kl,
     dip_penalty,
     elbo_decomposition_terms,
     gaussian_kl,
@@ -144,7 +144,7 @@ def test_single_functions_agree_with_the_dict():
         terms = elbo_decomposition_terms(z, loc, scale, 1000, estimator)
         assert mutual_information(z, loc, scale, 1000, estimator) == terms["mi"]
         assert total_correlation(z, loc, scale, 1000, estimator) == terms["tc"]
-        assert dimwise_kl(z, loc, scale, 1000, estimator) == terms["dimwise_kl"]
+        assert dimensionwise_kl(z, loc, scale, 1000, estimator) == terms["dimwise_kl"]
 
 
 @pytest.mark.parametrize("estimator", ["mws", "mss"])
@@ -355,7 +355,7 @@ _scale = torch.ones(M_, D_)
         (lambda: total_correlation(_loc, _loc, _scale, 100, "iwae"), "unknown estimator"),
         (lambda: total_correlation(_loc[:4], _loc, _scale, 100), "shape mismatch"),
         (lambda: mutual_information(_loc, _loc, -_scale, 100), "strictly positive"),
-        (lambda: dimwise_kl(_loc, _loc, _scale, 100.0), "integer"),
+        (lambda: dimensionwise_kl(_loc, _loc, _scale, 100.0), "integer"),
         (lambda: elbo_decomposition_terms(_loc[:1], _loc[:1], _scale[:1], 100), "at least 2"),
         (lambda: mss_log_weights(1, 10), "at least 2"),
         (lambda: mss_log_weights(10, 5), "smaller than the batch size"),

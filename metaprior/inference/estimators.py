@@ -8,7 +8,7 @@ differentiable, vectorized functions on torch tensors:
 * :func:`gaussian_kl` -- closed-form ``KL(N(loc, diag scale^2) || N(0, I))``
   (Kingma & Welling 2014, appendix B).
 * :func:`log_density_matrix` -- the ``[M, M, D]`` table ``log q(z_i,d | x_j)`` shared by
-* :func:`mutual_information`, :func:`total_correlation`, :func:`dimwise_kl` and
+* :func:`mutual_information`, :func:`total_correlation`, :func:`dimensionwise_kl` and
   :func:`elbo_decomposition_terms` -- the decomposition of the KL term of Chen et al.
   (2018, eq. 2; survey eq. 7) with minibatch-weighted ("mws") or minibatch-stratified
   ("mss") sampling (Chen et al. 2018, appendix C); :func:`mss_log_weights` exposes the
@@ -276,7 +276,7 @@ def total_correlation(z, loc, scale, dataset_size: int, estimator: str = "mss") 
     return _decomposition(z, loc, scale, dataset_size, estimator)["tc"]
 
 
-def dimwise_kl(z, loc, scale, dataset_size: int, estimator: str = "mss") -> torch.Tensor:
+def dimensionwise_kl(z, loc, scale, dataset_size: int, estimator: str = "mss") -> torch.Tensor:
     return _decomposition(z, loc, scale, dataset_size, estimator)["dimwise_kl"]
 
 
@@ -286,7 +286,7 @@ def elbo_decomposition_terms(z, loc, scale, dataset_size: int, estimator: str = 
 
 mutual_information.__doc__ = "Index-code mutual information ``I_q(x; z)`` (scalar, nats)." + _DECOMPOSITION_DOC
 total_correlation.__doc__ = "Total correlation ``KL(q(z) || prod_d q(z_d))`` (scalar, nats)." + _DECOMPOSITION_DOC
-dimwise_kl.__doc__ = "Dimension-wise KL ``sum_d KL(q(z_d) || p(z_d))`` (scalar, nats)." + _DECOMPOSITION_DOC
+dimensionwise_kl.__doc__ = "Dimension-wise KL ``sum_d KL(q(z_d) || p(z_d))`` (scalar, nats)." + _DECOMPOSITION_DOC
 elbo_decomposition_terms.__doc__ = (
     'All three terms as ``{"mi", "tc", "dimwise_kl"}`` from one ``[M, M, D]`` table.' + _DECOMPOSITION_DOC
 )

@@ -36,6 +36,7 @@ from metaprior.svae.lds import (
     kalman_smoother,
     lds_expected_stats,
     sample_lds_posterior,
+    sample_lds_posterior_from_noise,
     stack_sequences,
 )
 
@@ -49,6 +50,7 @@ __all__ = [
     "kalman_filter",
     "kalman_smoother",
     "sample_lds_posterior",
+    "sample_lds_posterior_from_noise",
     "lds_expected_stats",
     "stack_sequences",
     "check_lds_inputs",

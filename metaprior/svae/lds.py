@@ -42,7 +42,6 @@ explicitly, outside ``jit``.
 
 from __future__ import annotations
 
-from functools import partial
 from typing import NamedTuple, Sequence
 
 import jax
