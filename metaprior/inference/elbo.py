@@ -135,7 +135,8 @@ class ELBO:
             raise ValueError(f"num_particles must be >= 1, got {self.num_particles}")
 
     def weights(self, step: int) -> dict[str, float]:
-        return {"beta": self.beta(step), **{k: w(step) for k, (w, _) in self.terms.items()}}
+        """The weights at ``step``: ``beta`` and ``<term>_weight`` per term (logged beside the terms' values)."""
+        return {"beta": self.beta(step), **{f"{k}_weight": w(step) for k, (w, _) in self.terms.items()}}
 
     def __call__(self, model, guide, *args, step: int = 0, dataset_size: int | None = None, **kwargs) -> ELBOResult:
         total, parts, ctx = None, {}, None

@@ -161,10 +161,10 @@ def _validated(check):
         core = jax.jit(f)
 
         @functools.wraps(f)
-        def wrapper(*args):
-            if is_concrete(*args):
-                check(*args)
-            return core(*args)
+        def wrapper(*args, **kwargs):
+            if is_concrete(args, kwargs):
+                check(*args, **kwargs)
+            return core(*args, **kwargs)
 
         return wrapper
 
@@ -178,8 +178,8 @@ def standard_normal(key, shape, dtype=None):
     program (``jax.random.normal`` is jitted and cached per shape). Jit-safe.
     """
     shape = tuple(int(n) for n in shape)
-    dtype = jnp.float32 if dtype is None else dtype
-    return jax.random.normal(key, (math.prod(shape),), dtype=dtype).reshape(shape)
+    kw = {} if dtype is None else {"dtype": dtype}
+    return jax.random.normal(key, (math.prod(shape),), **kw).reshape(shape)
 
 
 def _float_dtype(*xs):
@@ -279,7 +279,7 @@ def gaussian_log_normalizer(J, h):
     ``grad_J = -1/2 E[x x^T]``, ``grad_h = E[x]`` (Johnson et al. 2016, appendix).
     """
     L = _chol(J)
-    v = solve_triangular(L, h[..., None], lower=True)[..., 0]  # L^-1 h
+    v = _mv(_tri_inv(L), h)  # L^-1 h (broadcasts over batch axes of J and h)
     d = h.shape[-1]
     return 0.5 * _dot(v, v) - 0.5 * _logdet_from_chol(L) + 0.5 * d * _LOG_2PI
 
@@ -388,16 +388,23 @@ def gaussian_diag_expected_stats(j, h):
     return var + mean**2, mean
 
 
+def _check_broadcastable(a, b, what):
+    try:
+        np.broadcast_shapes(np.shape(a), np.shape(b))
+    except ValueError:
+        raise ValueError(f"{what}: shapes {np.shape(a)} and {np.shape(b)} do not broadcast") from None
+
+
 def check_gaussian_diag_standard(mean, var):
+    """Raise ValueError unless variances are finite and > 0 and broadcast against the mean."""
     _check_positive(var, "diagonal Gaussian variance")
-    if np.shape(mean) != np.shape(var):
-        raise ValueError(f"mean shape {np.shape(mean)} does not match variance {np.shape(var)}")
+    _check_broadcastable(mean, var, "diagonal Gaussian (mean, var)")
 
 
 def check_gaussian_diag_natural(j, h):
+    """Raise ValueError unless precisions are finite and > 0 and broadcast against ``h``."""
     _check_positive(j, "diagonal Gaussian precision j")
-    if np.shape(j) != np.shape(h):
-        raise ValueError(f"precision shape {np.shape(j)} does not match potential {np.shape(h)}")
+    _check_broadcastable(j, h, "diagonal Gaussian (j, h)")
 
 
 @_validated(check_gaussian_diag_standard)
