@@ -102,14 +102,29 @@ def cmd_train(args) -> int:
     data = load_data(data_spec)
     pyro.set_rng_seed(train_cfg.seed)
     method = configure(METHODS[name], method_settings)
-    pair, objective = method.build(data)
     record = {**method_record(name, method), "data": data_spec}
-    trainer = Trainer(pair, objective, data, train_cfg, out=out, record=record)
-    last = trainer.fit(resume=args.resume)
+    if hasattr(method, "train_run"):  # a recipe with its own engine (the NumPyro/JAX SVAE)
+        last = method.train_run(data, train_cfg, out=out, record=record, resume=args.resume)
+    else:
+        pair, objective = method.build(data)
+        trainer = Trainer(pair, objective, data, train_cfg, out=out, record=record)
+        last = trainer.fit(resume=args.resume)
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in last.items()}))
     if not args.no_plots:
         _plot(out, device="cpu")
     return 0
+
+
+def _engine_method(run_dir: Path):
+    """The recipe of a run whose method has its own engine (``train_run``), else None."""
+    from .runs import build_method
+
+    cfg = Path(run_dir) / "config.json"
+    if not cfg.exists():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json); train one with `metaprior train --out {run_dir}`")
+    record = json.loads(cfg.read_text())
+    method = build_method(record["method"], record.get("method_config", {}))
+    return method if hasattr(method, "train_run") else None
 
 
 def _plot(run_dir: Path, device: str = "cpu") -> list[Path]:
@@ -118,6 +133,9 @@ def _plot(run_dir: Path, device: str = "cpu") -> list[Path]:
     from . import plots
     from .runs import load_run
 
+    engine = _engine_method(run_dir)
+    if engine is not None:
+        return engine.plot_run(Path(run_dir))
     run = load_run(run_dir, device=device)
     x = torch.as_tensor(run.data.test_observations(64, run.train.seed)).to(device)
     d = run_dir / "plots"
@@ -143,6 +161,14 @@ def cmd_evaluate(args) -> int:
     from .runs import load_run
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    engine = _engine_method(Path(args.run))
+    if engine is not None:  # e.g. clustering quality of an SVAE run
+        path = Path(args.run) / "eval.json"
+        results = json.loads(path.read_text()) if path.exists() else {}
+        results.update(engine.evaluate_run(Path(args.run), metrics=metrics, seed=args.seed))
+        path.write_text(json.dumps(results, indent=2) + "\n")
+        print(json.dumps({k: v["value"] for k, v in results.items()}, indent=2))
+        return 0
     bad = [m for m in metrics if m not in EVAL_METRICS]
     if bad:
         raise ValueError(f"unknown metric(s) {', '.join(bad)}; valid: {', '.join(EVAL_METRICS)}")

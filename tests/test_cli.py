@@ -44,6 +44,9 @@ def test_train_evaluate_plot_on_dsprites(tmp_path, capsys):
     # ELBO = -(R + D) and the IWAE bound (K = 5) lies above the one-sample ELBO on average
     assert ev["elbo"]["value"] == pytest.approx(-(ev["rate"]["value"] + ev["distortion"]["value"]), rel=1e-6)
 
+    code, _, err = run(capsys, "evaluate", str(out), "--metrics", "mig2")
+    assert code == 2 and "unknown metric" in err
+
     code, stdout, err = run(capsys, "plot", str(out))
     assert code == 0, err
     assert {p.name for p in (out / "plots").iterdir()} >= {"reconstructions.png", "samples.png", "traversals.png", "training.png"}
@@ -92,5 +95,3 @@ def test_evaluate_and_plot_need_a_run(tmp_path, capsys):
     for cmd in ("evaluate", "plot"):
         code, _, err = run(capsys, cmd, str(tmp_path / "missing"))
         assert code == 2 and "not a run directory" in err
-    code, _, err = run(capsys, "evaluate", str(tmp_path), "--metrics", "mig2")
-    assert code == 2 and "unknown metric" in err
