@@ -82,16 +82,20 @@ def main(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--scale", type=float, default=1.0, help="multiply the step counts (e.g. 0.1 for a smoke run)")
+    p.add_argument("--only", default="", help="run only the cases whose name contains this text")
     args = p.parse_args(argv)
     rng = np.random.default_rng(0)
+    want = lambda name: args.only in name  # noqa: E731
     mnist_like = ArrayData((rng.random((4096, 1, 28, 28)) < 0.13).astype(np.float32), name="binary28", test_fraction=0.0)
-    bench_case("mlp_vae_784-400-20_b128", mnist_like, {"latent_dim": 20, "net": "mlp", "hidden": (400,)},
-               128, max(2, int(200 * args.scale)), args.rounds, args.device)
+    if want("mlp_vae_784-400-20_b128"):
+        bench_case("mlp_vae_784-400-20_b128", mnist_like, {"latent_dim": 20, "net": "mlp", "hidden": (400,)},
+                   128, max(2, int(200 * args.scale)), args.rounds, args.device)
     ds = DSprites()
     images = ds.sample_observations(2048, np.random.default_rng(1))
     sprites = ArrayData(images, name="dsprites_cached", test_fraction=0.0)
-    bench_case("conv_vae_64x64_b64", sprites, {"latent_dim": 10, "net": "conv64"},
-               64, max(2, int(30 * args.scale)), args.rounds, args.device)
+    if want("conv_vae_64x64_b64"):
+        bench_case("conv_vae_64x64_b64", sprites, {"latent_dim": 10, "net": "conv64"},
+                   64, max(2, int(30 * args.scale)), args.rounds, args.device)
 
 
 if __name__ == "__main__":

@@ -109,6 +109,7 @@ __all__ = [
     "beta_vae_score",
     "check_codes_factors",
     "dci",
+    "dci_from_importance",
     "discrete_entropy",
     "discrete_mutual_info",
     "factor_vae_score",
