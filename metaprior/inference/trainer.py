@@ -129,8 +129,8 @@ class _SVIObjective(nn.Module):
         self.critics = nn.ModuleList(critics)
         self.objective = objective
 
-    def forward(self, x, step: int, dataset_size: int):
-        res = self.objective(self.pair.model, self.pair.guide, x, step=step, dataset_size=dataset_size)
+    def forward(self, batch: tuple, step: int, dataset_size: int):
+        res = self.objective(self.pair.model, self.pair.guide, *batch, step=step, dataset_size=dataset_size)
         return res.loss, res.parts, res.context
 
 
@@ -201,13 +201,12 @@ class Trainer:
     def _setup(self) -> None:
         cfg = self.config
         module = self._svi
-        x = self._batch(0)
-        x = x.to(self.fabric.device)
+        batch = self._batch(0)
         module.to(self.fabric.device)
         # Discover pyro.param sites declared inside the programs (the user may not use nn.Modules).
         with poutine.trace(param_only=True) as tr, torch.no_grad():
-            self.pair.guide(x)
-            poutine.replay(self.pair.model, trace=poutine.trace(self.pair.guide).get_trace(x))(x)
+            self.pair.guide(*batch)
+            poutine.replay(self.pair.model, trace=poutine.trace(self.pair.guide).get_trace(*batch))(*batch)
         own = {id(p) for p in self.pair.parameters()}
         for name, site in tr.trace.nodes.items():
             u = site["value"].unconstrained()
@@ -221,9 +220,12 @@ class Trainer:
         self._aux_opts = [self.fabric.setup_optimizers(a.configure_optimizer()) for a in self.aux]
         self._setup_done = True
 
-    def _batch(self, step: int) -> torch.Tensor:
+    def _batch(self, step: int) -> tuple[torch.Tensor, ...]:
+        """The step's batch as a tuple of tensors on the device: ``data.batch`` may return one array
+        (passed as ``model(x)``) or a tuple of arrays (passed as ``model(x, y, ...)``, e.g. labels)."""
         b = self.data.batch(step, self.config.batch_size, self.config.seed)
-        return torch.as_tensor(np.ascontiguousarray(b))
+        parts = b if isinstance(b, tuple) else (b,)
+        return tuple(torch.as_tensor(np.ascontiguousarray(a)).to(self.fabric.device) for a in parts)
 
     # -- checkpoints -----------------------------------------------------------------------
     def _state(self) -> dict:
@@ -356,8 +358,8 @@ class Trainer:
         last_good = checkpoints(self.out)[-1] if self.out is not None and checkpoints(self.out) else None
         try:
             while self.step < cfg.steps:
-                x = self._batch(self.step).to(self.fabric.device)
-                loss, parts, ctx = self._module(x, self.step, n_data)
+                batch = self._batch(self.step)
+                loss, parts, ctx = self._module(batch, self.step, n_data)
                 if not torch.isfinite(loss):
                     try:
                         check_finite(parts, self.step)
