@@ -78,6 +78,8 @@ class ArrayData(Dataset):
     split_seed: int = 0
     _train: np.ndarray = field(init=False, repr=False)
     _test: np.ndarray = field(init=False, repr=False)
+    _perm: np.ndarray | None = field(init=False, repr=False, default=None)
+    _perm_key: tuple | None = field(init=False, repr=False, default=None)
 
     def __post_init__(self):
         x = np.asarray(self.x)
@@ -127,8 +129,10 @@ class ArrayData(Dataset):
             raise DataError(f"{self.name}: batch size {batch_size} exceeds the {n} training examples; lower batch_size")
         per_epoch = n // batch_size
         epoch, pos = divmod(step, per_epoch)
-        perm = np.random.default_rng([seed, epoch]).permutation(n)
-        return self._train[perm[pos * batch_size:(pos + 1) * batch_size]]
+        if self._perm_key != (seed, epoch):  # one permutation per epoch, cached
+            self._perm = np.random.default_rng([seed, epoch]).permutation(n)
+            self._perm_key = (seed, epoch)
+        return self._train[self._perm[pos * batch_size:(pos + 1) * batch_size]]
 
     def batch(self, step: int, batch_size: int, seed: int) -> np.ndarray:
         return self.x[self.batch_indices(step, batch_size, seed)]
