@@ -13,7 +13,10 @@ batch 128: beta-TCVAE (beta = 6, minibatch-stratified TC) and FactorVAE (gamma =
 default 3 x 256 critic and its update after each step). Their references add the same
 penalty with the same estimator function (``elbo_decomposition_terms``) or the same critic
 network (a copy of metaprior's, same initial weights, Adam(1e-4, (0.5, 0.9))) to the
-hand-written step. Runs in about three minutes on 2 CPU cores:
+hand-written step. The two regularized cases take about 1.5 minutes together (5 rounds of
+100 steps each way, one torch thread, on a loaded 2-core machine); the whole bench stays
+under five minutes on 2 idle cores. On a shared machine pass ``--threads 1``: two threads
+competing with other jobs made these small nets several times slower:
 
     python bench/bench_step.py [--device cuda] [--rounds 5]
 """
@@ -150,10 +153,10 @@ def main(argv=None):
     mlp10 = {"latent_dim": 10, "net": "mlp", "hidden": (400,)}
     if want("beta_tcvae_mss_mlp_784-400-10_b128"):
         bench_case("beta_tcvae_mss_mlp_784-400-10_b128", mnist_like, {**mlp10, "beta": 6.0},
-                   128, max(2, int(150 * args.scale)), args.rounds, args.device, method_name="beta_tcvae")
+                   128, max(2, int(100 * args.scale)), args.rounds, args.device, method_name="beta_tcvae")
     if want("factor_vae_mlp_784-400-10_b128"):
         bench_case("factor_vae_mlp_784-400-10_b128", mnist_like, {**mlp10, "gamma": 10.0},
-                   128, max(2, int(150 * args.scale)), args.rounds, args.device, method_name="factor_vae")
+                   128, max(2, int(100 * args.scale)), args.rounds, args.device, method_name="factor_vae")
 
 
 if __name__ == "__main__":

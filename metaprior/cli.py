@@ -1,4 +1,4 @@
-"""The ``metaprior`` command: list, train, evaluate, plot."""
+"""The ``metaprior`` command: list, train, evaluate, plot, report."""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-EVAL_METRICS = ("elbo", "iwae")
+from .evaluation.evaluate import EVAL_METRICS  # noqa: E402  (names only; the heavy imports stay lazy)
 
 
 def _pairs(items, what: str) -> dict[str, str]:
@@ -145,7 +145,48 @@ def _plot(run_dir: Path, device: str = "cpu") -> list[Path]:
         plots.latent_traversals(run.pair, x, d / "traversals.png"),
         plots.training_curves(run_dir / "metrics.jsonl", d / "training.png"),
     ]
+    if hasattr(run.pair, "encode"):
+        paths += _plot_representation(run, run_dir, d, device)
     return paths
+
+
+def _plot_representation(run, run_dir: Path, d: Path, device: str) -> list[Path]:
+    """Latent scatter (survey Fig. 1b), per-dimension KL bars and the Pareto k-hat histogram."""
+    import torch
+
+    from . import plots
+    from .evaluation.decomposition import decompose_encodings
+    from .evaluation.diagnostics import MIN_DRAWS, diagnose, pareto_khat
+    from .evaluation.evaluate import representation_sample
+
+    seed = run.train.seed
+    loc, scale, values, names = representation_sample(run, n=PLOT_POINTS, seed=seed, device=device)
+    dec = decompose_encodings(loc, scale, seed=seed)
+    paths = [
+        plots.latent_scatter(loc.cpu().numpy(), values, names, d / "latent_scatter.png", kl=dec.rate_per_dim,
+                             title=getattr(run.data, "name", "latent space")),
+        plots.kl_bars(dec.rate_per_dim, d / "kl_per_dim.png", dimwise_kl_per_dim=dec.dimwise_kl_per_dim),
+    ]
+    khat, k_draws = None, None
+    nc = run_dir / "posterior.nc"
+    if nc.exists():  # written by `metaprior evaluate --metrics arviz` for this checkpoint: reuse it
+        import arviz as az
+
+        idata = az.from_netcdf(str(nc))
+        if int(idata.attrs.get("checkpoint_step", -1)) == run.step:
+            lw = idata.sample_stats["log_weight"].values[0].T
+            khat, _ = pareto_khat(lw)
+            k_draws = lw.shape[1]
+    if khat is None:
+        x = torch.as_tensor(run.data.test_observations(PLOT_KHAT_EXAMPLES, seed)).to(device)
+        k_draws = max(MIN_DRAWS, PLOT_KHAT_SAMPLES)
+        khat = diagnose(run.pair.model, run.pair.guide, x, k_draws, seed=seed).khat
+    paths.append(plots.pareto_khat_histogram(khat, d / "pareto_khat.png", num_samples=k_draws))
+    return paths
+
+
+#: sizes of the plots' own computations (an evaluation's posterior.nc is reused when present)
+PLOT_POINTS, PLOT_KHAT_EXAMPLES, PLOT_KHAT_SAMPLES = 2000, 32, 200
 
 
 def cmd_plot(args) -> int:
@@ -155,9 +196,7 @@ def cmd_plot(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    import torch
-
-    from .evaluation.heldout import heldout_elbo, heldout_iwae
+    from .evaluation.evaluate import evaluate_run, json_safe, parse_overrides
     from .runs import load_run
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
@@ -169,26 +208,31 @@ def cmd_evaluate(args) -> int:
         path.write_text(json.dumps(results, indent=2) + "\n")
         print(json.dumps({k: v["value"] for k, v in results.items()}, indent=2))
         return 0
-    bad = [m for m in metrics if m not in EVAL_METRICS]
+    bad = [m for m in metrics if m not in EVAL_METRICS and m != "all"]
     if bad:
-        raise ValueError(f"unknown metric(s) {', '.join(bad)}; valid: {', '.join(EVAL_METRICS)}")
+        raise ValueError(f"unknown metric(s) {', '.join(bad)}; valid: {', '.join(EVAL_METRICS)} (or 'all')")
     if args.num_examples < 1 or args.iwae_samples < 1:
         raise ValueError("--num-examples and --iwae-samples must be >= 1")
+    overrides = parse_overrides(args.set)
     run = load_run(args.run, device=args.device)
-    x = torch.as_tensor(run.data.test_observations(args.num_examples, run.train.seed)).to(args.device)
+    log = (lambda msg: print(msg, file=sys.stderr)) if args.verbose else None
+    new = evaluate_run(run, metrics, preset=args.preset, overrides=overrides, seed=args.seed, device=args.device,
+                       num_examples=args.num_examples, iwae_samples=args.iwae_samples, out_dir=Path(args.run), log=log)
     path = Path(args.run) / "eval.json"
     results = json.loads(path.read_text()) if path.exists() else {}
-    base = {"num_examples": len(x), "split": "test", "checkpoint_step": run.step, "seed": args.seed}
-    if "elbo" in metrics:
-        vals = heldout_elbo(run.pair, x, seed=args.seed)
-        for k, v in vals.items():
-            results[k] = {"value": v, "settings": {**base, "samples": 1, "unit": "nats per example"}}
-    if "iwae" in metrics:
-        vals = heldout_iwae(run.pair, x, num_samples=args.iwae_samples, seed=args.seed)
-        for k, v in vals.items():
-            results[k] = {"value": v, "settings": {**base, "K": args.iwae_samples, "unit": "nats per example"}}
+    results.update(json_safe(new))
     path.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps({k: round(v["value"], 4) for k, v in results.items()}, indent=2))
+    print(json.dumps({k: (round(v["value"], 4) if isinstance(v["value"], float) else v["value"])
+                      for k, v in results.items()}, indent=2))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .evaluation.report import write_report
+
+    png, md = write_report(args.runs, args.out)
+    print(png)
+    print(md)
     return 0
 
 
@@ -211,19 +255,30 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-plots", action="store_true", help="skip the plots at the end")
     t.set_defaults(fn=cmd_train)
 
-    e = sub.add_parser("evaluate", help="held-out ELBO, rate, distortion and IWAE log-likelihood -> eval.json")
+    e = sub.add_parser("evaluate", help="disentanglement metrics, ELBO decomposition, ArviZ diagnostics, held-out ELBO/IWAE -> eval.json")
     e.add_argument("run")
-    e.add_argument("--metrics", default="elbo,iwae", help=f"comma-separated, from: {', '.join(EVAL_METRICS)}")
-    e.add_argument("--num-examples", type=int, default=1000)
-    e.add_argument("--iwae-samples", type=int, default=100, help="K of the importance-weighted bound")
+    e.add_argument("--metrics", default="elbo,iwae",
+                   help=f"comma-separated, from: {', '.join(EVAL_METRICS)}; or 'all' (every metric the data set supports)")
+    e.add_argument("--preset", choices=("default", "fast"), default="default",
+                   help="sample counts and models: disentanglement_lib's defaults, or the documented fast preset")
+    e.add_argument("--set", action="append", metavar="METRIC.KEY=VALUE",
+                   help="override a preset setting, e.g. mig.num_train=2000 or decomposition.iwae_samples=5000")
+    e.add_argument("--num-examples", type=int, default=1000, help="test examples of the elbo and iwae metrics")
+    e.add_argument("--iwae-samples", type=int, default=100, help="K of the iwae metric's importance-weighted bound")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--device", default="cpu")
+    e.add_argument("--verbose", action="store_true", help="name each metric on stderr as it starts")
     e.set_defaults(fn=cmd_evaluate)
 
-    pl = sub.add_parser("plot", help="reconstructions, prior samples, latent traversals, training curves -> plots/")
+    pl = sub.add_parser("plot", help="reconstructions, samples, traversals, training curves, latent scatter, KL bars, Pareto k-hat -> plots/")
     pl.add_argument("run")
     pl.add_argument("--device", default="cpu")
     pl.set_defaults(fn=cmd_plot)
+
+    rp = sub.add_parser("report", help="several runs on the rate-distortion plane coloured by usefulness -> PNG + markdown")
+    rp.add_argument("runs", nargs="+", help="run directories")
+    rp.add_argument("--out", required=True, help="output directory (rate_distortion_usefulness.png, report.md)")
+    rp.set_defaults(fn=cmd_report)
     return p
 
 

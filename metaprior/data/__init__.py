@@ -20,11 +20,12 @@ from metaprior.data.digits import digits
 from metaprior.data.dsprites import DSprites
 from metaprior.data.files import DSpritesNPZ, call_with_options, load_array, load_idx, load_path
 from metaprior.data.pinwheel import pinwheel
+from metaprior.data.sequences import bouncing_dot
 
 __all__ = [
     "load", "DATASETS", "register_dataset", "Dataset", "ArrayData", "GroundTruthData",
     "DataError", "DSprites", "DSpritesNPZ", "load_path", "load_idx", "load_array",
-    "pinwheel", "digits",
+    "pinwheel", "digits", "bouncing_dot",
 ]
 
 DATASETS: dict[str, Callable[..., Dataset]] = {}
@@ -43,6 +44,7 @@ def register_dataset(name: str):
 register_dataset("dsprites")(DSprites)
 register_dataset("pinwheel")(pinwheel)
 register_dataset("digits")(digits)
+register_dataset("bouncing_dot")(bouncing_dot)
 register_dataset("idx")(load_idx)
 register_dataset("npz")(load_array)
 register_dataset("array")(load_array)

@@ -10,5 +10,8 @@ register = METHODS.register
 
 from .base import GaussianVAE, configure  # noqa: E402  (recipes register on import)
 from . import vae  # noqa: E402,F401
+from . import adversarial, regularized  # noqa: E402,F401
+from . import svae  # noqa: E402,F401  (structured VAEs: NumPyro/JAX engine)
+from . import structured  # noqa: E402,F401  (issue 6: factorized encoders/decoders, discrete priors)
 
 __all__ = ["METHODS", "register", "GaussianVAE", "configure"]

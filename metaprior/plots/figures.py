@@ -114,3 +114,137 @@ def training_curves(metrics_path, path) -> Path:
         ax.set_xlabel("step")
     fig.tight_layout()
     return _save(fig, path)
+
+
+def rate_distortion(points: Sequence[dict], path, entropy: float | None = None,
+                    title: str = "rate-distortion plane", color_key: str | None = None) -> Path:
+    """Runs in the (rate, distortion) plane, in nats per example (the survey's Fig. 7a; Alemi et al. 2018, Fig. 1).
+
+    ``points``: dicts with ``rate``, ``distortion``, ``label`` and optionally ``group`` (one
+    colour per group, connected in order of rate). With the data entropy ``entropy`` = H
+    the line ``D = max(H - R, 0)`` is drawn and the region below it, which no encoder /
+    decoder pair can reach (``H - D <= I(x; z) <= R``), is shaded.
+
+    With ``color_key`` (e.g. ``"usefulness"``: the survey's Fig. 7c, where runs of similar
+    rate and distortion differ in how useful their representation is) each point is coloured
+    and sized by ``point[color_key]``; points without that value are drawn hollow and grey.
+    """
+    fig, ax = plt.subplots(figsize=(6.5, 4.8))
+    groups: dict[str, list[dict]] = {}
+    for p in points:
+        groups.setdefault(p.get("group", ""), []).append(p)
+    r_max = max([p["rate"] for p in points] + [entropy or 0.0]) * 1.1 + 1e-9
+    d_max = max([p["distortion"] for p in points] + [entropy or 0.0]) * 1.1 + 1e-9
+    if entropy is not None:
+        r = np.linspace(0.0, r_max, 200)
+        bound = np.maximum(entropy - r, 0.0)
+        ax.plot(r, bound, "k-", lw=1.2, label=f"D = H - R  (H = {entropy:.2f} nats)")
+        ax.fill_between(r, 0.0, bound, color="0.85", label="infeasible")
+    for name, ps in groups.items():
+        ps = sorted(ps, key=lambda p: p["rate"])
+        if color_key is None:
+            ax.plot([p["rate"] for p in ps], [p["distortion"] for p in ps], "o-", ms=5, lw=0.8, label=name or None)
+        elif len(ps) > 1:
+            ax.plot([p["rate"] for p in ps], [p["distortion"] for p in ps], "-", color="0.6", lw=0.8, label=name or None)
+        for p in ps:
+            ax.annotate(p["label"], (p["rate"], p["distortion"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    if color_key is not None:
+        have = [p for p in points if p.get(color_key) is not None and np.isfinite(p[color_key])]
+        missing = [p for p in points if p not in have]
+        if have:
+            u = np.array([p[color_key] for p in have], dtype=float)
+            lo, hi = float(u.min()), float(u.max())
+            size = 40.0 + 260.0 * ((u - lo) / (hi - lo) if hi > lo else np.full_like(u, 0.5))
+            sc = ax.scatter([p["rate"] for p in have], [p["distortion"] for p in have], c=u, s=size,
+                            cmap="viridis", edgecolors="k", linewidths=0.5, zorder=3)
+            fig.colorbar(sc, ax=ax, label=color_key)
+        if missing:
+            ax.scatter([p["rate"] for p in missing], [p["distortion"] for p in missing], s=40, facecolors="none",
+                       edgecolors="0.5", zorder=3, label=f"no {color_key}")
+    ax.set_xlim(0.0, r_max)
+    ax.set_ylim(0.0, d_max)
+    ax.set_xlabel("rate R = E KL(q(z|x) || p(z))  (nats)")
+    ax.set_ylabel("distortion D = E[-log p(x|z)]  (nats)")
+    ax.set_title(title, fontsize=10)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _informative_dims(codes: np.ndarray, kl: np.ndarray | None) -> list[int]:
+    score = np.asarray(kl) if kl is not None else codes.var(axis=0)
+    return [int(d) for d in np.argsort(-score, kind="stable")[:2]]
+
+
+def latent_scatter(codes, values, names: Sequence[str], path, kl=None, max_points: int = 2000,
+                   title: str = "latent space") -> Path:
+    """The two most informative latent dimensions, one panel per factor or label, points coloured by it.
+
+    The survey's Fig. 1b. ``codes`` [n, D] (encoder means), ``values`` [n, k] integer factors
+    or labels (None: one uncoloured panel) named by ``names``; ``kl`` [D] ranks the
+    dimensions (the mean KL of each, most informative = largest; default: the variance of
+    the codes). A 1-D latent is drawn against a constant.
+    """
+    codes = np.asarray(codes, dtype=np.float64)[:max_points]
+    dims = _informative_dims(codes, kl)
+    x = codes[:, dims[0]]
+    y = codes[:, dims[1]] if len(dims) > 1 else np.zeros(len(codes))
+    panels = [(None, None)] if values is None else [(names[j] if j < len(names) else f"factor {j}",
+                                                    np.asarray(values)[:max_points, j])
+                                                   for j in range(np.asarray(values).shape[1])]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4), squeeze=False)
+    for ax, (name, v) in zip(axes[0], panels):
+        if v is None:
+            ax.scatter(x, y, s=4, alpha=0.6)
+        else:
+            k = len(np.unique(v))
+            cmap = "tab10" if k <= 10 else "viridis"
+            sc = ax.scatter(x, y, c=v, s=4, alpha=0.7, cmap=cmap)
+            fig.colorbar(sc, ax=ax, fraction=0.046, pad=0.02)
+            ax.set_title(f"coloured by {name}", fontsize=9)
+        ax.set_xlabel(f"z{dims[0]}" + (f" (KL {kl[dims[0]]:.2f})" if kl is not None else ""), fontsize=8)
+        ax.set_ylabel((f"z{dims[1]}" + (f" (KL {kl[dims[1]]:.2f})" if kl is not None else "")) if len(dims) > 1 else "",
+                      fontsize=8)
+    fig.suptitle(f"{title}: the two most informative dimensions", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def kl_bars(rate_per_dim, path, dimwise_kl_per_dim=None) -> Path:
+    """Per-dimension KL bars: E_x KL(q(z_d|x) || p(z_d)) (the rate of dimension d) and, if given,
+    KL(q(z_d) || p(z_d)) of the aggregate posterior (Chen et al. 2018's dimension-wise KL)."""
+    r = np.asarray(rate_per_dim, dtype=np.float64)
+    d = np.arange(len(r))
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * len(r) + 2), 3.2))
+    w = 0.4 if dimwise_kl_per_dim is not None else 0.8
+    ax.bar(d - (w / 2 if dimwise_kl_per_dim is not None else 0), r, width=w,
+           label=f"E KL(q(z_d|x) || p(z_d)), total {r.sum():.2f}")
+    if dimwise_kl_per_dim is not None:
+        k = np.asarray(dimwise_kl_per_dim, dtype=np.float64)
+        ax.bar(d + w / 2, k, width=w, label=f"KL(q(z_d) || p(z_d)), total {k.sum():.2f}")
+    ax.set_xticks(d)
+    ax.set_xticklabels([f"z{i}" for i in d], fontsize=8)
+    ax.set_ylabel("nats")
+    ax.set_title("KL per latent dimension", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def pareto_khat_histogram(khat, path, num_samples: int | None = None) -> Path:
+    """Histogram of per-example Pareto k-hat of the importance weights (Yao et al. 2018), with the
+    0.5 and 0.7 thresholds; k-hat of constant weights (-inf) is drawn at -1."""
+    k = np.maximum(np.asarray(khat, dtype=np.float64), -1.0)
+    k = np.where(np.isfinite(k), k, 2.0)
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.hist(k, bins=np.linspace(min(-1.0, k.min()), max(1.5, k.max()) + 1e-9, 31), color="C0")
+    for t, c in ((0.5, "orange"), (0.7, "red")):
+        ax.axvline(t, color=c, ls="--", lw=1)
+    good, ok, bad = (k < 0.5).mean(), ((k >= 0.5) & (k < 0.7)).mean(), (k >= 0.7).mean()
+    ax.set_xlabel("Pareto k-hat of log w = log p(x, z) - log q(z|x)")
+    ax.set_ylabel("examples")
+    extra = f", K = {num_samples}" if num_samples else ""
+    ax.set_title(f"k < 0.5: {good:.0%}   0.5-0.7: {ok:.0%}   >= 0.7: {bad:.0%}  (n = {len(k)}{extra})", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)

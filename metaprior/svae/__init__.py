@@ -20,11 +20,21 @@ float32-safe, no global state):
   ``stack_sequences`` for padding ragged batches.
 * :mod:`metaprior.svae.hmm` -- log-space forward-backward (``hmm_forward_backward``).
 
+Models built on that core (Johnson et al. 2016, Sec. 3-4):
+
+* :mod:`metaprior.svae.gmm` -- the GMM-SVAE (:class:`GMMSVAE`): mean-field local inference,
+  the SVAE ELBO, natural gradients on the Dirichlet/NIW globals, NumPyro model/guide
+  (:func:`gmm_svae_model`, :func:`gmm_svae_guide`) and the global posterior as ArviZ data.
+* :mod:`metaprior.svae.slds` -- LDS- and SLDS-SVAEs (:class:`SLDSSVAE`): Kalman smoothing and
+  forward-backward in a bounded mean-field loop, natural gradients on the HMM globals.
+* :mod:`metaprior.svae.engine` -- the jitted training loop writing metaprior's run directory;
+  :mod:`metaprior.svae.nets` -- a tiny MLP, Adam and the decoder likelihoods.
+
 Everything is importable from here, e.g. ``from metaprior.svae import gaussian,
 kalman_smoother``; ``gaussian.log_normalizer`` is ``gaussian_log_normalizer``.
 """
 
-from metaprior.svae import expfam, hmm, lds
+from metaprior.svae import engine, expfam, gmm, hmm, lds, nets, slds
 from metaprior.svae.expfam import *  # noqa: F401,F403
 from metaprior.svae.expfam import __all__ as _expfam_all
 from metaprior.svae.hmm import HMMPosterior, hmm_forward_backward
@@ -40,10 +50,24 @@ from metaprior.svae.lds import (
     stack_sequences,
 )
 
+from metaprior.svae.gmm import GMMSVAE, gmm_global_posterior, gmm_infer, gmm_svae_guide, gmm_svae_model
+from metaprior.svae.slds import SLDSSVAE, slds_infer
+
 __all__ = [
     "expfam",
     "lds",
     "hmm",
+    "gmm",
+    "slds",
+    "engine",
+    "nets",
+    "GMMSVAE",
+    "gmm_svae_model",
+    "gmm_svae_guide",
+    "gmm_global_posterior",
+    "gmm_infer",
+    "SLDSSVAE",
+    "slds_infer",
     *_expfam_all,
     "LDSPosterior",
     "LDSFilterResult",

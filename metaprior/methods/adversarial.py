@@ -1,0 +1,178 @@
+"""Methods with a critic or a deterministic encoder: FactorVAE, PixelGAN-AE, AE, AAE, WAE.
+
+Critics (:mod:`metaprior.inference.critics`) are ELBO terms with their own Adam, stepped
+by the trainer after each main step. ``critic_hidden`` and ``critic_lr`` set them; the
+critic's Adam betas are (0.5, 0.9) (Kim & Mnih 2018). The autoencoders (``ae``, ``aae``,
+``wae``) use :class:`~metaprior.models.autoencoder.Autoencoder`: a deterministic encoder
+by default, whose logged ``rate`` is the prior cross-entropy ``E[-log p(f(x))]``
+(weight ``beta = 0``; see that module for why it is not a KL).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from ..inference.critics import PriorCritic, TotalCorrelationCritic
+from ..inference.regularizers import MMDToPrior, check_weight
+from ..models.autoencoder import Autoencoder
+from ..models.likelihoods import make_likelihood
+from ..models.priors import PRIORS, Prior
+from ..nets.conv import build_encoder_decoder
+from . import register
+from .base import GaussianVAE
+
+# WAE-MMD's sum of IMQ kernels, C in {0.1, ..., 10} x 2 d (Tolstikhin et al. 2018, experiments).
+WAE_IMQ_SCALES = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+
+
+@dataclass(frozen=True)
+class _WithCritic(GaussianVAE):
+    critic_hidden: tuple[int, ...] = (256, 256, 256)
+    critic_lr: float = 1e-4
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.critic_lr > 0:
+            raise ValueError(f"critic_lr must be positive, got {self.critic_lr}")
+        if any(h < 1 for h in self.critic_hidden):
+            raise ValueError(f"critic_hidden sizes must be positive, got {self.critic_hidden}")
+
+
+@register("factor_vae")
+@dataclass(frozen=True)
+class FactorVAE(_WithCritic):
+    """FactorVAE (Kim & Mnih 2018, eq. 2; survey eqs. 8-9): ELBO + gamma TC, TC by a density-ratio critic.
+
+    The critic tells codes from dimension-wise permuted codes; its mean logit on the batch
+    is the TC estimate (term ``tc``, weight ``gamma``). Default gamma = 10, the first
+    value of disentanglement_lib's sweep {10, 20, 30, 40, 50, 100}. Kim & Mnih train the
+    critic with Adam(lr 1e-4, betas (0.5, 0.9)) (default here) and the VAE with lr 1e-4
+    (``--set lr=1e-4``; the trainer's default is 1e-3). Logs ``tc``,
+    ``totalcorrelationcritic_loss``, ``tc_critic_accuracy``.
+    """
+
+    gamma: float = 10.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_weight("gamma", self.gamma)
+
+    def terms(self, data) -> dict[str, tuple[Any, Any]]:
+        return {"tc": (self.gamma, TotalCorrelationCritic(self.latent_dim, self.critic_hidden, self.critic_lr))}
+
+
+@register("pixelgan_ae")
+@dataclass(frozen=True)
+class PixelGANAE(_WithCritic):
+    """PixelGAN autoencoder objective (Makhzani & Frey 2017; survey eq. 14): L_VAE - I(x; z) = D + KL(q(z) || p(z)).
+
+    Since ``R = I(x; z) + KL(q(z) || p(z))`` (survey eq. 7), dropping the index-code MI
+    leaves the reconstruction and the aggregate-posterior KL, which a prior critic
+    estimates (term ``prior_kl``, its mean ``-logit`` on the codes, weight ``lambda2 = 1``);
+    the rate is logged with weight ``beta = 0``. Makhzani & Frey pair this objective with
+    a PixelCNN decoder; here it runs on the shared decoder (the objective is the
+    method; an autoregressive decoder is the factorization mechanism of ``models/``).
+    """
+
+    beta: float = 0.0
+    lambda2: float = 1.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_weight("lambda2", self.lambda2)
+
+    def terms(self, data) -> dict[str, tuple[Any, Any]]:
+        critic = PriorCritic(self.latent_dim, self.critic_hidden, self.critic_lr, generator_loss="kl")
+        return {"prior_kl": (self.lambda2, critic)}
+
+
+@dataclass(frozen=True)
+class _Autoencoder(_WithCritic):
+    """Shared settings of the autoencoders: ``deterministic`` encoder (default) and ``prior``."""
+
+    beta: float = 0.0
+    deterministic: bool = True
+    prior: str = "normal"
+    prior_components: int = 10
+    prior_categories: int = 10
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.prior not in PRIORS:
+            raise ValueError(f"unknown prior {self.prior!r}; valid: {', '.join(PRIORS)}")
+        self.make_prior()
+
+    def make_prior(self) -> Prior:
+        return Prior(self.prior, self.latent_dim, components=self.prior_components, categories=self.prior_categories)
+
+    def build_model(self, data) -> nn.Module:
+        lik = make_likelihood(self.likelihood, data.observation_shape, data.is_binary, self.obs_scale)
+        d = self.latent_dim
+        enc, dec = build_encoder_decoder(self.net, data.observation_shape, d if self.deterministic else 2 * d, d, self.hidden)
+        return Autoencoder(enc, dec, d, lik, self.make_prior(), self.deterministic)
+
+
+@register("ae")
+@dataclass(frozen=True)
+class AE(_Autoencoder):
+    """Autoencoder (survey eq. 4): minimize the reconstruction cost D = E[-log p(x | f(x))], deterministic f.
+
+    ``rate`` is logged as the prior cross-entropy of the codes (weight ``beta = 0``).
+    """
+
+
+@register("aae")
+@dataclass(frozen=True)
+class AAE(_Autoencoder):
+    """Adversarial autoencoder (Makhzani et al. 2016; survey eq. 16): D + lambda2 GAN(q(z), p(z)).
+
+    A prior critic tells prior samples from codes; the encoder minimizes the
+    non-saturating generator loss ``-log D(f(x))`` (term ``adversarial``, weight
+    ``lambda2 = 1``, Makhzani et al. alternate the two phases with equal weight).
+    ``prior``: ``normal``, ``mixture`` (``prior_components`` Gaussians on a circle) or
+    ``categorical_normal`` (the first ``prior_categories`` code dimensions are a softmax
+    matched to a one-hot categorical, the rest to N(0, I), as in Makhzani et al.'s
+    unsupervised clustering and semi-supervised set-ups; needs latent_dim > prior_categories).
+    Logs ``adversarial``, ``priorcritic_loss``, ``prior_critic_accuracy``.
+    """
+
+    lambda2: float = 1.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_weight("lambda2", self.lambda2)
+
+    def terms(self, data) -> dict[str, tuple[Any, Any]]:
+        critic = PriorCritic(self.latent_dim, self.critic_hidden, self.critic_lr, generator_loss="ns")
+        return {"adversarial": (self.lambda2, critic)}
+
+
+@register("wae")
+@dataclass(frozen=True)
+class WAE(_Autoencoder):
+    """Wasserstein autoencoder (Tolstikhin et al. 2018, eq. 4; survey eq. 16): D + lambda2 D_Z(q(z), p(z)).
+
+    ``divergence="mmd"`` (WAE-MMD): unbiased MMD^2 with the sum of IMQ kernels
+    ``C in {0.1, 0.2, 0.5, 1, 2, 5, 10} x 2 d`` of their experiments (term ``mmd``);
+    ``"gan"`` (WAE-GAN): a prior critic with the non-saturating loss (term ``adversarial``).
+    The cost ``c(x, G(z))`` is the likelihood's ``-log p(x | z)`` (squared error for
+    ``likelihood=gaussian``, as Tolstikhin et al.). Defaults: lambda2 = 10 (their MNIST
+    WAE-MMD setting; they use lambda2 = 1 for WAE-GAN), deterministic encoder.
+    """
+
+    lambda2: float = 10.0
+    divergence: str = "mmd"
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_weight("lambda2", self.lambda2)
+        if self.divergence not in ("mmd", "gan"):
+            raise ValueError(f"unknown divergence {self.divergence!r}; choose 'mmd' or 'gan'")
+
+    def terms(self, data) -> dict[str, tuple[Any, Any]]:
+        if self.divergence == "mmd":
+            return {"mmd": (self.lambda2, MMDToPrior("imq", None, WAE_IMQ_SCALES))}
+        critic = PriorCritic(self.latent_dim, self.critic_hidden, self.critic_lr, generator_loss="ns")
+        return {"adversarial": (self.lambda2, critic)}

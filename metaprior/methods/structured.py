@@ -1,0 +1,474 @@
+"""Factorized encoders/decoders and structured priors (survey sec. 4 and 5.2; mechanisms (ii) and (iii)).
+
+Recipes registered here (each a frozen dataclass, ``build(data) -> (pair, objective)``):
+
+* ``gmm_vae``    -- VAE with a learned Gaussian-mixture prior, component summed out (clustering).
+* ``joint_vae``  -- JointVAE (Dupont 2018): continuous z and relaxed one-hot c with two capacities.
+* ``vq_vae``     -- VQ-VAE (van den Oord et al. 2017): nearest-codebook quantization, EMA or loss codebook.
+* ``m2``         -- semi-supervised M2 (Kingma et al. 2014), y enumerated exactly.
+* ``ladder_vae`` / ``hierarchical_vae`` -- Ladder VAE (Sonderby et al. 2016) and the bottom-up hierarchy.
+* ``vlae``       -- Variational Lossy Autoencoder (Chen et al. 2017): PixelCNN decoder with a causal window.
+* ``pixel_vae``  -- PixelVAE (Gulrajani et al. 2017): two stochastic levels, shallow PixelCNN output.
+* ``vladder``    -- Variational Ladder Autoencoder (Zhao et al. 2017): latents injected at decoder depths.
+
+Losses are in nats per example and every term is logged by name in ``metrics.jsonl``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from torch import nn
+
+from ..data.semi_supervised import SemiSupervised
+from ..guides.m2 import ConditionalGaussianEncoder
+from ..guides.relaxed import check_temperature
+from ..inference.elbo import ELBO
+from ..inference.enum_elbo import EnumELBO
+from ..inference.regularizers import CapacityGap, check_weight, rate
+from ..models.autoregressive import PixelCNNBernoulli, check_binary_data
+from ..models.joint_vae import JointVAE as JointVAEModel
+from ..models.ladder import HierarchicalVAE as HierarchicalModel
+from ..models.likelihoods import LIKELIHOODS, make_likelihood
+from ..models.m2 import M2 as M2Model, M2Classification
+from ..models.mixture_vae import MixturePrior, MixtureVAE, clusters_used
+from ..models.vae import VAE as VAEModel
+from ..models.vladder import VariationalLadderAE
+from ..models.vq_vae import CODEBOOK_UPDATES, VQVAE as VQVAEModel, VectorQuantizer, codebook_perplexity
+from ..nets.conv import NETS, build_encoder_decoder
+from . import register
+from .base import GaussianVAE
+
+
+@dataclass(frozen=True)
+class StructuredRecipe:
+    """Settings shared by recipes that are not the Gaussian VAE: code size and the nets.
+
+    ``likelihood``/``obs_scale``/``net``/``hidden`` as in :class:`~metaprior.methods.base.GaussianVAE`.
+    """
+
+    latent_dim: int = 10
+    likelihood: str = "auto"
+    obs_scale: float = 0.1
+    net: str = "auto"
+    hidden: tuple[int, ...] = (400,)
+
+    def __post_init__(self):
+        if self.latent_dim < 1:
+            raise ValueError(f"latent_dim must be >= 1, got {self.latent_dim}")
+        if self.likelihood not in LIKELIHOODS:
+            raise ValueError(f"unknown likelihood {self.likelihood!r}; valid: {', '.join(LIKELIHOODS)}")
+        if self.net not in NETS:
+            raise ValueError(f"unknown net {self.net!r}; valid: {', '.join(NETS)}")
+
+    def make_likelihood(self, data):
+        return make_likelihood(self.likelihood, data.observation_shape, data.is_binary, self.obs_scale)
+
+
+# ---------------------------------------------------------------------- mixture-prior VAE
+@register("gmm_vae")
+@dataclass(frozen=True)
+class GMMVAE(GaussianVAE):
+    """VAE with a learned Gaussian-mixture prior p(z) = sum_c pi_c N(mu_c, sigma_c^2), c summed out (clustering).
+
+    ``components`` K mixture components; ``learn_prior`` learns weights, means and scales;
+    ``init_spread`` is the standard deviation of the initial means. The rate is the Monte
+    Carlo KL ``log q(z|x) - log p(z)`` (no closed form against a mixture). Logs
+    ``clusters_used``, the perplexity of the batch's mean responsibilities (1..K).
+    """
+
+    components: int = 10
+    learn_prior: bool = True
+    init_spread: float = 1.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.components < 1:
+            raise ValueError(f"components must be >= 1, got {self.components}")
+        if not self.init_spread >= 0:
+            raise ValueError(f"init_spread must be >= 0, got {self.init_spread}")
+
+    def build_model(self, data) -> nn.Module:
+        lik = make_likelihood(self.likelihood, data.observation_shape, data.is_binary, self.obs_scale)
+        enc, dec = build_encoder_decoder(self.net, data.observation_shape, 2 * self.latent_dim, self.latent_dim, self.hidden)
+        prior = MixturePrior(self.components, self.latent_dim, self.init_spread, self.learn_prior)
+        return MixtureVAE(enc, dec, self.latent_dim, lik, prior)
+
+    def build(self, data):
+        pair = self.build_model(data)
+        return pair, self._elbo({"clusters_used": (0.0, partial(clusters_used, model=pair))})
+
+    def _elbo(self, terms) -> ELBO:
+        return ELBO(beta=self.beta_weight(), terms=terms, analytic_kl=self.analytic_kl, num_particles=self.num_particles)
+
+
+# ---------------------------------------------------------------------- JointVAE
+@register("joint_vae")
+@dataclass(frozen=True)
+class JointVAE(GaussianVAE):
+    """JointVAE (Dupont 2018, sec. 3): D + gamma |KL_z - C_z(t)| + gamma |KL_c - C_c(t)|, c relaxed one-hot.
+
+    ``latent_dim`` continuous dimensions plus one discrete code of ``categories`` values,
+    relaxed as a Concrete / Gumbel-softmax sample at ``temperature`` (Dupont: 0.67).
+    ``KL_c`` is the categorical KL of the logits against the uniform prior (no closed form
+    exists between two relaxed distributions). Both capacities rise linearly from 0 over
+    ``capacity_steps`` steps, to ``capacity_z`` and to ``min(capacity_c, log K)`` (a
+    categorical KL from the uniform prior cannot exceed log K). Dupont's MNIST setting:
+    gamma = 30, C_z -> 5 and C_c -> 5 (capped at log 10) over 25,000 steps, lambda = 0.67.
+    ``beta`` adds ``beta * (KL_z + KL_c)`` (0 in the paper). Logs ``kl_z``, ``kl_c``,
+    ``gap_z = |KL_z - C_z|``, ``gap_c``, and the current ``capacity_z``, ``capacity_c``.
+    """
+
+    beta: float = 0.0
+    categories: int = 10
+    temperature: float = 0.67
+    gamma: float = 30.0
+    capacity_z: float = 5.0
+    capacity_c: float = 5.0
+    capacity_steps: int = 25000
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.categories < 2:
+            raise ValueError(f"categories must be >= 2, got {self.categories}")
+        check_temperature(self.temperature)
+        check_weight("gamma", self.gamma)
+        if not self.analytic_kl:
+            raise ValueError("joint_vae needs analytic_kl=true: the discrete rate is the categorical KL of the logits "
+                             "(a Monte Carlo KL between two relaxed densities is not what JointVAE optimizes)")
+        CapacityGap(self.capacity_z, self.capacity_steps)
+        CapacityGap(self.capacity_c, self.capacity_steps)
+
+    def build_model(self, data) -> nn.Module:
+        lik = make_likelihood(self.likelihood, data.observation_shape, data.is_binary, self.obs_scale)
+        d, k = self.latent_dim, self.categories
+        enc, dec = build_encoder_decoder(self.net, data.observation_shape, 2 * d + k, d + k, self.hidden)
+        return JointVAEModel(enc, dec, d, k, lik, self.temperature)
+
+    def terms(self, data) -> dict[str, tuple[Any, Any]]:
+        gap_z = CapacityGap(self.capacity_z, self.capacity_steps, site="z")
+        gap_c = CapacityGap(min(self.capacity_c, math.log(self.categories)), self.capacity_steps, site="c")
+        return {"gap_z": (self.gamma, gap_z), "gap_c": (self.gamma, gap_c),
+                "kl_z": (0.0, partial(rate, site="z")), "kl_c": (0.0, partial(rate, site="c")),
+                "capacity_z": (0.0, gap_z.capacity), "capacity_c": (0.0, gap_c.capacity)}
+
+
+# ---------------------------------------------------------------------- VQ-VAE
+@register("vq_vae")
+@dataclass(frozen=True)
+class VQVAE(StructuredRecipe):
+    """VQ-VAE (van den Oord et al. 2017, eq. 3; survey eq. 19): nearest-codebook codes, straight-through gradient.
+
+    The encoder emits ``codes`` vectors of dimension ``latent_dim``, each snapped to one of
+    ``codebook_size`` entries. ``codebook_update="ema"`` (default; their appendix A.1,
+    ``decay`` 0.99) or ``"loss"`` (the codebook term ``||sg[z_e] - e||^2``); the commitment
+    weight ``commitment`` is their beta = 0.25. ``rate`` is the constant ``codes * log K``;
+    the factors ``codebook``/``commitment`` are logged as log-factors (negated losses);
+    ``perplexity`` is exp of the entropy of the batch's code usage.
+    """
+
+    latent_dim: int = 8
+    codes: int = 4
+    codebook_size: int = 32
+    commitment: float = 0.25
+    codebook_update: str = "ema"
+    decay: float = 0.99
+    data_init: bool = True
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.codes < 1:
+            raise ValueError(f"codes (code vectors per example) must be >= 1, got {self.codes}")
+        if self.codebook_size < 1:
+            raise ValueError(f"codebook_size must be >= 1, got {self.codebook_size}")
+        if self.codebook_update not in CODEBOOK_UPDATES:
+            raise ValueError(f"unknown codebook_update {self.codebook_update!r}; valid: {', '.join(CODEBOOK_UPDATES)}")
+        if not 0.0 <= self.decay < 1.0:
+            raise ValueError(f"decay must be in [0, 1), got {self.decay}")
+        check_weight("commitment", self.commitment)
+
+    def build(self, data):
+        m = self.codes * self.latent_dim
+        enc, dec = build_encoder_decoder(self.net, data.observation_shape, m, m, self.hidden)
+        vq = VectorQuantizer(self.codebook_size, self.latent_dim, self.codebook_update, self.decay, self.data_init)
+        pair = VQVAEModel(enc, dec, self.codes, self.latent_dim, self.make_likelihood(data), vq, self.commitment)
+        return pair, ELBO(beta=1.0, terms={"perplexity": (0.0, partial(codebook_perplexity, model=pair))})
+
+
+# ---------------------------------------------------------------------- M2
+@register("m2")
+@dataclass(frozen=True)
+class M2(StructuredRecipe):
+    """Semi-supervised M2 (Kingma et al. 2014, eqs. 6-9): y enumerated exactly for unlabelled x, observed when labelled.
+
+    Trains on a labelled data set keeping ``labels_per_class`` labels per class (chosen by
+    ``label_seed``) and hiding the rest; each batch is ``labelled_fraction`` labelled
+    (:class:`~metaprior.data.semi_supervised.SemiSupervised`). The loss, per example of the
+    batch, is ``(sum_l -L(x, y) + sum_u -U(x)) / B + alpha * E_labelled[-log q(y|x)]``, with
+    ``U`` exact in y by parallel enumeration (``TraceEnum_ELBO``). Logged: ``rate``
+    (Monte Carlo KL of z plus the exact KL(q(y|x) || p(y)) of unlabelled examples),
+    ``distortion``, ``label_nll`` (``log K`` per labelled example), ``classification`` and
+    ``train_accuracy`` on the batch's labelled examples. ``metaprior evaluate`` reports the
+    held-out accuracy of ``argmax q(y|x)`` and the enumerated held-out ELBO (x only).
+    """
+
+    latent_dim: int = 10
+    hidden: tuple[int, ...] = (256,)
+    labels_per_class: int = 10
+    labelled_fraction: float = 0.5
+    alpha: float = 10.0
+    label_seed: int = 0
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.labels_per_class < 1:
+            raise ValueError(f"labels_per_class must be >= 1, got {self.labels_per_class}")
+        if not 0.0 <= self.labelled_fraction <= 1.0:
+            raise ValueError(f"labelled_fraction must be in [0, 1], got {self.labelled_fraction}")
+        check_weight("alpha", self.alpha)
+
+    def semi_supervised(self, data) -> SemiSupervised:
+        if isinstance(data, SemiSupervised):
+            return data
+        return SemiSupervised(data, self.labels_per_class, self.labelled_fraction, self.label_seed)
+
+    def build(self, data):
+        ssl = self.semi_supervised(data)
+        k, shape = ssl.num_classes, ssl.observation_shape
+        h = self.hidden[-1] if self.hidden else 64
+        classifier, _ = build_encoder_decoder(self.net, shape, k, 1, self.hidden)
+        features, decoder = build_encoder_decoder(self.net, shape, h, self.latent_dim + k, self.hidden)
+        encoder = ConditionalGaussianEncoder(features, h, k, self.latent_dim)
+        pair = M2Model(classifier, encoder, decoder, k, self.make_likelihood(ssl))
+        terms = {"classification": (self.alpha, M2Classification(pair)),
+                 "train_accuracy": (0.0, partial(_labelled_accuracy, pair=pair))}
+        return pair, EnumELBO(terms=terms, label_sites=("y_l",))
+
+    # -- its own engine: the command line hands it the plain labelled data set -----------------
+    def train_run(self, data, train_cfg, out, record, resume: bool = False):
+        from ..inference.trainer import Trainer
+
+        ssl = self.semi_supervised(data)
+        pair, objective = self.build(ssl)
+        record = {**record, "semi_supervised": {"labelled": int(len(ssl.labelled)), "unlabelled": int(len(ssl.unlabelled)),
+                                                "labelled_per_batch": ssl.split(train_cfg.batch_size)[0]}}
+        last = Trainer(pair, objective, ssl, train_cfg, out=out, record=record).fit(resume=resume)
+        return {**last, "test_accuracy": round(accuracy(pair, ssl), 4)}
+
+    def _load(self, run_dir):
+        from ..runs import load_run
+
+        run = load_run(run_dir)
+        return run, self.semi_supervised(run.data)
+
+    def evaluate_run(self, run_dir, metrics=("accuracy",), seed: int = 0) -> dict:
+        import torch
+
+        bad = [m for m in metrics if m not in ("accuracy", "elbo", "iwae")]
+        if bad:
+            raise ValueError(f"unknown metric(s) {', '.join(bad)} for m2; valid: accuracy, elbo")
+        run, ssl = self._load(run_dir)
+        x, y = ssl.test_set()
+        settings = {"num_examples": int(len(x)), "split": "test", "checkpoint_step": run.step}
+        out = {"accuracy": {"value": accuracy(run.pair, ssl), "settings": {**settings, "rule": "argmax q(y|x)"}}}
+        if "elbo" in metrics:
+            torch.manual_seed(seed)
+            with torch.no_grad():
+                parts = EnumELBO()(run.pair.model, run.pair.guide, torch.as_tensor(x)).parts
+            for k in ("elbo", "rate", "distortion"):
+                out[k] = {"value": float(parts[k]), "settings": {**settings, "unit": "nats per example",
+                                                                 "y": "enumerated (unlabelled)", "seed": seed}}
+        return out
+
+    def plot_run(self, run_dir):
+        import torch
+        from torch.nn import functional as F
+
+        from .. import plots
+
+        run, ssl = self._load(run_dir)
+        pair, d = run.pair, run_dir / "plots"
+        x = torch.as_tensor(ssl.test_observations(8, run.train.seed))
+        paths = [plots.training_curves(run_dir / "metrics.jsonl", d / "training.png")]
+        if len(ssl.observation_shape) == 3:
+            with torch.no_grad():
+                loc, _ = pair.encode(x)
+                y = F.one_hot(pair.classify(x), pair.num_classes).to(x.dtype)
+                recon = pair.decode(loc, y)
+                paths.append(plots.image_grid(torch.cat([x, recon]), d / "reconstructions.png", ncol=len(x),
+                                              title="data (top), reconstructions at argmax q(y|x) (bottom)"))
+                g = torch.Generator().manual_seed(run.train.seed)
+                z = torch.randn(6, pair.latent_dim, generator=g).repeat_interleave(pair.num_classes, 0)
+                y = F.one_hot(torch.arange(pair.num_classes).repeat(6), pair.num_classes).to(z.dtype)
+                paths.append(plots.image_grid(pair.decode(z, y), d / "samples.png", ncol=pair.num_classes,
+                                              title="p(x | y, z): one z per row, y = 0.. per column"))
+        return paths
+
+
+def _labelled_accuracy(ctx, pair) -> "torch.Tensor":
+    import torch
+
+    x, y, labelled = ctx.args[:3]
+    labelled = labelled.bool()
+    if not bool(labelled.any()):
+        return x.new_zeros(())
+    with torch.no_grad():
+        return (pair.classify(x[labelled]) == y[labelled]).to(x.dtype).mean()
+
+
+def accuracy(pair, ssl: SemiSupervised, batch_size: int = 1000) -> float:
+    """Held-out accuracy of ``argmax_y q(y|x)`` on the wrapped data set's test split."""
+    import torch
+
+    x, y = ssl.test_set()
+    was = pair.training
+    pair.eval()
+    with torch.no_grad():
+        pred = torch.cat([pair.classify(torch.as_tensor(x[i:i + batch_size])) for i in range(0, len(x), batch_size)])
+    pair.train(was)
+    return float((pred.numpy() == y).mean())
+
+
+# ---------------------------------------------------------------------- hierarchical VAEs
+@register("ladder_vae")
+@dataclass(frozen=True)
+class LadderVAE(GaussianVAE):
+    """Ladder VAE (Sonderby et al. 2016): L Gaussian layers, top-down inference with precision-weighted merges.
+
+    ``layers`` stochastic layers of ``latent_dim`` units each, or the sizes ``latent_dims``
+    (bottom first; Sonderby et al.'s MNIST model: 64,32,16,8,4). ``hidden[i]`` is the width of
+    the deterministic block of layer i (the last repeats). KL warm-up: ``beta_schedule``
+    ``linear:STEPS`` ramps the rate's weight from 0 to ``beta`` (their sec. 2.3; default
+    over 1000 steps). Logs ``kl_z1`` ... ``kl_zL``, the analytic KL of each layer.
+    """
+
+    latent_dim: int = 8
+    layers: int = 3
+    latent_dims: tuple[int, ...] = ()
+    hidden: tuple[int, ...] = (256, 128, 64)
+    beta_schedule: str = "linear:1000"
+    inference = "ladder"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.layers < 1:
+            raise ValueError(f"layers must be >= 1, got {self.layers}")
+        if self.latent_dims and min(self.latent_dims) < 1:
+            raise ValueError(f"latent_dims must be positive, got {self.latent_dims}")
+
+    @property
+    def dims(self) -> tuple[int, ...]:
+        return tuple(self.latent_dims) if self.latent_dims else (self.latent_dim,) * self.layers
+
+    def make_likelihood(self, data):
+        return make_likelihood(self.likelihood, data.observation_shape, data.is_binary, self.obs_scale)
+
+    def build_model(self, data) -> nn.Module:
+        hidden = tuple(self.hidden) or (64,)
+        stem, dec = build_encoder_decoder(self.net, data.observation_shape, hidden[0], self.dims[0], hidden[:1])
+        return HierarchicalModel(stem, hidden[0], dec, self.dims, hidden, self.make_likelihood(data), inference=self.inference)
+
+    def terms(self, data) -> dict[str, tuple[Any, Any]]:
+        return {f"kl_z{i}": (0.0, partial(rate, site=f"z{i}")) for i in range(1, len(self.dims) + 1)}
+
+
+@register("hierarchical_vae")
+@dataclass(frozen=True)
+class BottomUpHierarchicalVAE(LadderVAE):
+    """Hierarchical VAE with bottom-up inference q(z_1|x) q(z_2|z_1) ... (Sonderby et al. 2016, sec. 2.1).
+
+    The same generative model, sizes and KL warm-up as ``ladder_vae``; only the guide differs.
+    Logs ``kl_z1`` ... ``kl_zL``.
+    """
+
+    inference = "bottom_up"
+
+
+# ---------------------------------------------------------------------- autoregressive decoders
+def _pixelcnn(method, data) -> PixelCNNBernoulli:
+    name = type(method).__name__
+    check_binary_data(data, name)
+    lik = PixelCNNBernoulli(data.observation_shape, 0, method.pixel_channels, method.pixel_layers)
+    window = method.window if method.window >= 0 else lik.full_window
+    return PixelCNNBernoulli(data.observation_shape, window, method.pixel_channels, method.pixel_layers)
+
+
+def _check_pixel_settings(method) -> None:
+    if method.window < -1:
+        raise ValueError(f"window must be >= 0 (half-width of the causal window) or -1 (full), got {method.window}")
+    if method.pixel_channels < 1 or method.pixel_layers < 0:
+        raise ValueError(f"pixel_channels must be >= 1 and pixel_layers >= 0, got {method.pixel_channels}, "
+                         f"{method.pixel_layers}")
+
+
+@register("vlae")
+@dataclass(frozen=True)
+class VLAE(GaussianVAE):
+    """Variational Lossy Autoencoder (Chen et al. 2017, sec. 3.2): a VAE whose decoder is a PixelCNN of window w.
+
+    p(x | z) = prod_j Bernoulli(x_j | x_{W(j)}, h(z)_j), W(j) the earlier pixels within
+    ``window`` rows/columns of j (-1: every earlier pixel, the full-receptive-field
+    variant). A small window cannot model global structure, so it must go through z
+    (Chen et al.'s information-preference argument, their sec. 3.1). PixelCNN:
+    ``pixel_channels`` wide, ``pixel_layers`` 1x1 layers after the masked window convolution.
+    Needs binary single-channel images (digits: ``--data-option binarize=true``).
+    """
+
+    window: int = 2
+    pixel_channels: int = 32
+    pixel_layers: int = 2
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_pixel_settings(self)
+
+    def build_model(self, data) -> nn.Module:
+        lik = _pixelcnn(self, data)
+        enc, dec = build_encoder_decoder(self.net, data.observation_shape, 2 * self.latent_dim, self.latent_dim, self.hidden)
+        return VAEModel(enc, dec, self.latent_dim, lik)
+
+
+@register("pixel_vae")
+@dataclass(frozen=True)
+class PixelVAE(LadderVAE):
+    """PixelVAE (Gulrajani et al. 2017, sec. 3.2): two stochastic levels and a shallow conditional PixelCNN output.
+
+    p(z_2) p(z_1 | z_2) p(x | z_1) with bottom-up inference q(z_1 | x) q(z_2 | z_1) (the
+    ``hierarchical_vae`` networks; conv nets for 28x28 / 64x64 images with ``net=auto``) and
+    the autoregressive Bernoulli decoder of ``window`` half-width (default 1: a 3x3 masked
+    convolution, "shallow"). Logs ``kl_z1``, ``kl_z2``. Needs binary single-channel images.
+    """
+
+    layers: int = 2
+    beta_schedule: str = "constant"
+    window: int = 1
+    pixel_channels: int = 32
+    pixel_layers: int = 2
+    inference = "bottom_up"
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_pixel_settings(self)
+
+    def make_likelihood(self, data):
+        return _pixelcnn(self, data)
+
+
+@register("vladder")
+@dataclass(frozen=True)
+class VLadder(LadderVAE):
+    """Variational Ladder Autoencoder (Zhao et al. 2017, sec. 4): independent N(0, I) layers injected at decoder depths.
+
+    ``layers`` latents of ``latent_dim`` units (or ``latent_dims``, z1 nearest the data),
+    ``hidden[l]`` the width at depth l. No hierarchy in p(z) and no KL warm-up by default.
+    Logs ``kl_z1`` ... ``kl_zL``.
+    """
+
+    beta_schedule: str = "constant"
+
+    def build_model(self, data) -> nn.Module:
+        hidden = tuple(self.hidden) or (64,)
+        stem, dec = build_encoder_decoder(self.net, data.observation_shape, hidden[0], hidden[0], hidden[:1])
+        return VariationalLadderAE(stem, hidden[0], dec, self.dims, hidden, self.make_likelihood(data))

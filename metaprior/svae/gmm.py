@@ -1,0 +1,648 @@
+"""The Gaussian-mixture structured VAE (GMM-SVAE) of Johnson et al. (2016), in pure JAX.
+
+Johnson, Duvenaud, Wiltschko, Datta & Adams (2016), "Composing graphical models with neural
+networks for structured representations and fast inference" (NeurIPS), Sec. 3-4 and the
+pinwheel experiment of Sec. 6; survey: Tschannen, Bachem & Lucic (2018), Sec. 5.1.
+
+Generative model (observations ``x_n``, latents ``z_n`` in R^d, labels ``c_n``)::
+
+    pi ~ Dir(alpha),  (mu_k, Sigma_k) ~ NIW(S0, m0, kappa0, nu0)          global theta
+    c_n ~ Cat(pi),    z_n | c_n ~ N(mu_{c_n}, Sigma_{c_n}),  x_n | z_n ~ p_gamma(x | z_n)
+
+Variational family ``q(pi) q(mu, Sigma) prod_n q(c_n) q(z_n)`` with conjugate global factors
+(natural parameters ``eta_pi`` Dirichlet, ``eta_k`` NIW; see :mod:`metaprior.svae.expfam`).
+
+Recognition network and local inference (Johnson et al., eq. 6-7)
+    An MLP maps ``x_n`` to a diagonal Gaussian *potential* ``psi(z_n; x_n, phi) =
+    exp(-1/2 z^T diag(j_n) z + h_n^T z)`` that stands in for the (non-conjugate) likelihood.
+    The local factors maximise the surrogate objective
+
+        L_loc(q_c, q_z) = E_q[log p(c|pi) + log p(z|c, theta) + log psi(z) - log q(c) - log q(z)]
+
+    by mean-field coordinate ascent (each update is exact, so ``L_loc`` never decreases):
+
+        q(z_n):  J = sum_k r_nk E[Sigma_k^-1] + diag(j_n),   h = sum_k r_nk E[Sigma_k^-1 mu_k] + h_n
+        q(c_n):  log r_nk = E[log pi_k] + E_q(z)[E_q(theta)[log N(z_n | mu_k, Sigma_k)]] + const,
+
+    starting from ``r`` computed with ``q(z_n) = psi`` alone, for a fixed number of iterations
+    (``lax.scan``: jit-compiled and differentiable in reverse mode).
+
+Objective (Johnson et al., eq. 3 and 5, per example, batch of B out of N)
+    ELBO = mean_n ( E_q[log p(x_n | z_n)] - KL_loc,n ) - KL(q(theta) || p(theta)) / N,
+    KL_loc,n = E_q[log q(c_n) q(z_n) - log p(c_n | pi) - log p(z_n | c_n, theta)]
+             = E_q(z_n)[log psi(z_n)] - L_loc,n,
+
+    with one reparameterized sample ``z_n ~ q(z_n)`` for the first term. Reported as
+    ``elbo``, ``rate`` (``mean KL_loc + KL_glob / N``), ``distortion`` (``-E log p(x|z)``) and
+    ``loss = -elbo`` in nats per example. Network parameters (recognition ``phi`` and decoder
+    ``gamma``) take Adam steps on ``-elbo`` with gradients through the mean-field iterations.
+
+Natural gradient on the globals (Johnson et al., eq. 8; Hoffman et al. 2013, eq. 32)
+    Hold the local factors fixed. The global part of the (N-scaled) objective is, for each
+    conjugate factor with natural parameter ``eta``, log normalizer ``A`` and prior ``eta0``,
+
+        N * L(eta) = <grad A(eta), eta0 + N sbar - eta> + A(eta) + const,
+
+    where ``sbar`` is the batch mean of the expected sufficient statistics the local factors
+    give the global variable (``r_n`` for ``pi``; ``r_nk (E[z z^T], E[z], 1, 1)`` for the NIW of
+    component ``k``). Differentiating, ``grad_eta N L = H(eta) (eta0 + N sbar - eta)`` with
+    ``H = grad^2 A(eta)`` the Fisher information of ``q(theta)``, so the natural gradient is
+
+        F^-1 grad_eta (N L) = eta0 + N sbar - eta,
+
+    and a step of size ``rho`` is ``eta <- (1 - rho) eta + rho (eta0 + N sbar)``: a convex
+    combination of valid natural parameters, hence always valid. (Johnson et al.'s eq. 8 adds
+    the term ``grad_{eta_x} L`` through the local optimum, which vanishes when the recognition
+    potentials are the exact conjugate likelihood; like their reference implementation we
+    leave it out.) ``tests/test_svae_models.py`` checks the identity against ``jax.grad`` and
+    ``jax.hessian`` for the Dirichlet and NIW factors.
+
+NumPyro: :func:`gmm_svae_model` and :func:`gmm_svae_guide` express the same model and
+variational family as NumPyro programs (usable with ``Trace_ELBO``, ``Predictive``);
+:func:`gmm_global_posterior` returns the global posterior as ``arviz.InferenceData``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from metaprior.svae.expfam import (
+    _chol,
+    _tri_inv,
+    dirichlet_expected_stats,
+    dirichlet_kl,
+    dirichlet_natural_to_standard,
+    dirichlet_standard_to_natural,
+    gaussian_natural_to_standard,
+    niw_expected_stats,
+    niw_kl,
+    niw_natural_to_standard,
+    niw_standard_to_natural,
+    symmetrize,
+)
+from metaprior.svae.nets import (
+    LIKELIHOODS,
+    adam_init,
+    adam_update,
+    check_observations,
+    likelihood_out_dim,
+    likelihood_params,
+    log_likelihood,
+    mlp_apply,
+    mlp_init,
+)
+
+__all__ = [
+    "GMMSVAE",
+    "GMMLocal",
+    "gmm_prior",
+    "gmm_expected_globals",
+    "gmm_encode",
+    "gmm_meanfield",
+    "gmm_local_elbo",
+    "gmm_elbo_given_local",
+    "gmm_svae_elbo",
+    "gmm_natural_gradient",
+    "gmm_train_step",
+    "gmm_infer",
+    "gmm_svae_model",
+    "gmm_svae_guide",
+    "gmm_global_posterior",
+    "gmm_global_standard",
+]
+
+_LOG_2PI = math.log(2.0 * math.pi)
+GMM_INITS = ("kmeans", "kmeans_latent", "random")
+METRICS = ("loss", "elbo", "rate", "distortion", "kl_local", "kl_global")
+
+
+@dataclass(frozen=True)
+class GMMSVAE:
+    """Specification of a GMM-SVAE (hashable: it is a static argument of the jitted step).
+
+    obs_dim: observation width D (data of shape (N, D)).
+    num_components: K mixture components; latent_dim: d.
+    hidden: hidden widths of the recognition MLP (x -> (mean, log var) of the potential) and of
+      the decoder MLP (z -> likelihood parameters).
+    likelihood: ``gaussian_learned`` (decoder emits mean and log variance), ``gaussian``
+      (fixed standard deviation ``obs_scale``) or ``bernoulli``.
+    meanfield_iters: local coordinate-ascent iterations (each: q(z) then q(c) update).
+    alpha: Dirichlet concentration of ``pi`` (all components).
+    kappa, nu: NIW pseudo-counts of the means and covariances (``nu > d - 1``).
+    prior_scale: the NIW scale is ``S0 = nu * prior_scale^2 I`` so ``E[Sigma^-1] = I / prior_scale^2``.
+    init_spread: standard deviation of the random component means the globals start from.
+    natgrad_step: natural-gradient step size ``rho`` in (0, 1].
+    init: how the component means and covariances start (see :meth:`init_state`): ``kmeans``
+      (k-means labels of the observations), ``kmeans_latent`` (k-means of the initial
+      recognition means) or ``random``.
+    """
+
+    obs_dim: int
+    num_components: int = 5
+    latent_dim: int = 2
+    hidden: tuple = (50,)
+    likelihood: str = "gaussian_learned"
+    obs_scale: float = 0.1
+    meanfield_iters: int = 10
+    alpha: float = 1.0
+    kappa: float = 0.5
+    nu: float = 4.0
+    prior_scale: float = 1.0
+    init_spread: float = 2.0
+    natgrad_step: float = 0.1
+    init: str = "kmeans"
+
+    def __post_init__(self):
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        if int(self.num_components) != self.num_components or self.num_components < 1:
+            raise ValueError(f"num_components (K) must be an integer >= 1, got {self.num_components}")
+        if self.latent_dim < 1 or self.obs_dim < 1:
+            raise ValueError(f"latent_dim and obs_dim must be >= 1, got {self.latent_dim}, {self.obs_dim}")
+        if self.meanfield_iters < 1:
+            raise ValueError(f"meanfield_iters must be >= 1, got {self.meanfield_iters}")
+        if self.likelihood not in LIKELIHOODS:
+            raise ValueError(f"unknown likelihood {self.likelihood!r}; valid: {', '.join(LIKELIHOODS)}")
+        if any(h < 1 for h in self.hidden):
+            raise ValueError(f"hidden widths must be >= 1, got {self.hidden}")
+        for name in ("alpha", "kappa", "prior_scale", "obs_scale"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not self.nu > self.latent_dim - 1:
+            raise ValueError(f"nu (NIW degrees of freedom) must be > latent_dim - 1 = {self.latent_dim - 1}, got {self.nu}")
+        if not 0.0 < self.natgrad_step <= 1.0:
+            raise ValueError(f"natgrad_step must be in (0, 1], got {self.natgrad_step}")
+        if self.init not in GMM_INITS:
+            raise ValueError(f"unknown init {self.init!r}; valid: {', '.join(GMM_INITS)}")
+        if self.init_spread < 0:
+            raise ValueError(f"init_spread must be >= 0, got {self.init_spread}")
+
+    metric_names = METRICS
+
+    # -- parameters --------------------------------------------------------------------
+    def init_state(self, key, x=None):
+        """Initial state ``{"net", "globals", "prior", "opt"}`` (a pytree of arrays).
+
+        Data-dependent when ``x`` (a sample of training data) is given and ``init`` is not
+        ``random``: the recognition network's mean outputs are whitened on ``x`` (zero mean,
+        identity covariance; its variance output starts at 0.1), ``x`` is grouped by k-means
+        (k-means++ seeding, Arthur & Vassilvitskii 2007) on the observations (``init="kmeans"``)
+        or on the recognition means (``"kmeans_latent"``), and component k's NIW starts centred
+        on group k's mean recognition output with ``E[Sigma_k^-1]`` the inverse of the group's
+        covariance -- the usual k-means start of a mixture model, moved into latent space.
+        Otherwise the means are ``N(0, init_spread^2 I)`` draws and the covariances the prior's.
+        Pseudo-counts start at the prior; the decoder's log-variance (``gaussian_learned``)
+        starts at ``log obs_scale^2``.
+        """
+        d, K, D = self.latent_dim, self.num_components, self.obs_dim
+        rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
+        net = {
+            "encoder": mlp_init(rng, (D, *self.hidden, 2 * d)),
+            "decoder": mlp_init(rng, (d, *self.hidden, likelihood_out_dim(self.likelihood, D))),
+        }
+        enc_out = net["encoder"][-1]
+        enc_out["b"][d:] = math.log(0.1)
+        if self.likelihood == "gaussian_learned":
+            net["decoder"][-1]["b"][D:] = 2.0 * math.log(self.obs_scale)
+        prior = gmm_prior(K, d, self.alpha, self.kappa, self.nu, self.prior_scale)
+        S0, _, kappa0, nu0 = (np.asarray(a) for a in niw_natural_to_standard(*prior["niw"]))
+        means = self.init_spread * rng.standard_normal((K, d))
+        S = S0.copy()
+        if x is not None and self.init != "random":
+            x = check_observations(x, "GMM-SVAE observations", ndim=2, feature_dim=D)
+            j, h = _encode_jit(self, net["encoder"], x)
+            rec = np.asarray(h / j, np.float64)
+            # Whiten: z -> (z - loc) @ W with W = U diag(1 / sqrt(eig)) U^T (ZCA) of the sample.
+            loc = rec.mean(0)
+            eig, U = np.linalg.eigh(np.cov(rec.T).reshape(d, d) + 1e-8 * np.eye(d))
+            W = (U / np.sqrt(np.maximum(eig, 1e-12))) @ U.T
+            enc_out["w"][:, :d] = (enc_out["w"][:, :d] @ W).astype(np.float32)
+            enc_out["b"][:d] = ((enc_out["b"][:d] - loc) @ W).astype(np.float32)
+            on_data = np.asarray(x, np.float64) if self.init == "kmeans" else None
+            means, covs = _kmeans_init((rec - loc) @ W, K, rng, cluster_on=on_data)
+            S = nu0[:, None, None] * covs
+        glob = {"dirichlet": prior["dirichlet"],
+                "niw": tuple(niw_standard_to_natural(S.astype(np.float32), means.astype(np.float32), kappa0, nu0))}
+        net = jax.tree_util.tree_map(jnp.asarray, net)
+        return {"net": net, "globals": glob, "prior": prior, "opt": adam_init(net)}
+
+    def train_step(self, state, x, key, lr, num_data):
+        """One step (see :func:`gmm_train_step`)."""
+        return gmm_train_step(self, state, x, key, lr, num_data)
+
+
+def _kmeans_init(points: np.ndarray, K: int, rng: np.random.Generator, cluster_on=None):
+    """Centres and covariances (K, d), (K, d, d) of ``points`` grouped by a k-means clustering
+    (scikit-learn: k-means++ seeding, 10 restarts) of ``cluster_on`` (default: ``points``).
+
+    Covariances get ``0.01 I`` added and fall back to the overall covariance for groups of
+    fewer than d + 1 points.
+    """
+    from sklearn.cluster import KMeans
+
+    points = np.asarray(points, np.float64)
+    feats = points if cluster_on is None else np.asarray(cluster_on, np.float64).reshape(len(points), -1)
+    n, d = points.shape
+    overall = np.cov(points.T).reshape(d, d) + 1e-2 * np.eye(d) if n > 1 else np.eye(d)
+    if len(np.unique(feats, axis=0)) < K:
+        centres = points[rng.integers(n, size=K)] + 1e-3 * rng.standard_normal((K, d))
+        return centres, np.broadcast_to(overall, (K, d, d)).copy()
+    labels = KMeans(n_clusters=K, n_init=10, random_state=int(rng.integers(2**31 - 1))).fit_predict(feats)
+    centres, covs = [], []
+    for k in range(K):
+        members = points[labels == k]
+        centres.append(members.mean(0) if len(members) else points[rng.integers(n)])
+        covs.append(np.cov(members.T).reshape(d, d) + 1e-2 * np.eye(d) if len(members) > d else overall)
+    return np.stack(centres), np.stack(covs)
+
+
+# --------------------------------------------------------------------------------------
+# Globals
+# --------------------------------------------------------------------------------------
+
+
+def gmm_prior(num_components: int, latent_dim: int, alpha=1.0, kappa=0.5, nu=4.0, prior_scale=1.0,
+              S=None, m=None):
+    """Natural parameters ``{"dirichlet": eta (K,), "niw": (A, b, c, n)}`` of the GMM prior.
+
+    Default NIW: ``m0 = 0``, ``S0 = nu prior_scale^2 I`` (so ``E[Sigma^-1] = I / prior_scale^2``).
+    ``S`` (d, d) and ``m`` (d,) override the scale matrix and mean. Raises ``ValueError`` for
+    ``K < 1``, a non-positive-definite ``S``, ``kappa <= 0``, ``nu <= d - 1`` or ``alpha <= 0``.
+    """
+    K, d = int(num_components), int(latent_dim)
+    if K < 1 or K != num_components:
+        raise ValueError(f"num_components (K) must be an integer >= 1, got {num_components}")
+    if d < 1:
+        raise ValueError(f"latent_dim must be >= 1, got {latent_dim}")
+    S = np.eye(d) * nu * prior_scale**2 if S is None else np.asarray(S, np.float64)
+    m = np.zeros(d) if m is None else np.asarray(m, np.float64)
+    if S.shape != (d, d) or m.shape != (d,):
+        raise ValueError(f"prior S must have shape ({d}, {d}) and m ({d},); got {S.shape}, {m.shape}")
+    alpha = np.broadcast_to(np.asarray(alpha, np.float64), (K,))
+    eta_pi = dirichlet_standard_to_natural(jnp.asarray(alpha, jnp.float32))
+    niw = niw_standard_to_natural(  # validates: PD scale matrix, kappa > 0, nu > d - 1
+        np.broadcast_to(S, (K, d, d)).astype(np.float32), np.broadcast_to(m, (K, d)).astype(np.float32),
+        np.full((K,), kappa, np.float32), np.full((K,), nu, np.float32))
+    return {"dirichlet": eta_pi, "niw": tuple(jnp.asarray(a) for a in niw)}
+
+
+class GMMExpected(NamedTuple):
+    """``E_q(theta)`` of what the local updates need: ``E[log pi]`` (K,), and the NIW expected
+    statistics ``(-1/2 E[Sigma^-1], E[Sigma^-1 mu], -1/2 E[mu^T Sigma^-1 mu], -1/2 E[log|Sigma|])``."""
+
+    log_pi: jax.Array
+    neg_half_prec: jax.Array
+    prec_mean: jax.Array
+    neg_half_quad: jax.Array
+    neg_half_logdet: jax.Array
+
+
+def gmm_expected_globals(glob) -> GMMExpected:
+    """Expected global statistics under ``q(theta)`` (conjugate mean parameters)."""
+    return GMMExpected(dirichlet_expected_stats(glob["dirichlet"]), *niw_expected_stats(*glob["niw"]))
+
+
+def gmm_global_standard(glob):
+    """Standard parameters of the global factors: ``{"alpha", "S", "m", "kappa", "nu"}``."""
+    S, m, kappa, nu = niw_natural_to_standard(*glob["niw"])
+    return {"alpha": dirichlet_natural_to_standard(glob["dirichlet"]), "S": S, "m": m, "kappa": kappa, "nu": nu}
+
+
+# --------------------------------------------------------------------------------------
+# Local inference
+# --------------------------------------------------------------------------------------
+
+
+class GMMLocal(NamedTuple):
+    """Local variational factors for a batch: ``r`` (B, K) label probabilities, ``J`` (B, d, d)
+    and ``h`` (B, d) natural parameters of ``q(z)``; ``j``, ``h_psi`` (B, d) the recognition
+    potential; ``elbo_trace`` (2 * iters + 1, B) the local objective after each half-step
+    (only when asked for, else shape (0, B))."""
+
+    r: jax.Array
+    J: jax.Array
+    h: jax.Array
+    j: jax.Array
+    h_psi: jax.Array
+    elbo_trace: jax.Array
+
+
+def gmm_encode(spec: GMMSVAE, enc_params, x):
+    """Recognition potential ``(j, h)`` (diagonal precision and potential vector) for ``x`` (B, D)."""
+    out = mlp_apply(enc_params, x)
+    d = spec.latent_dim
+    mean, log_var = out[..., :d], 8.0 * jnp.tanh(out[..., d:] / 8.0)
+    j = jnp.exp(-log_var)
+    return j, mean * j
+
+
+def _label_logits(eg: GMMExpected, Ezz, Ez):
+    """``E[log pi_k] + E_q(z) E_q(theta)[log N(z | mu_k, Sigma_k)]`` for each k: (B, K)."""
+    d = Ez.shape[-1]
+    return (eg.log_pi + jnp.einsum("bij,kij->bk", Ezz, eg.neg_half_prec) + Ez @ eg.prec_mean.T
+            + eg.neg_half_quad + eg.neg_half_logdet - 0.5 * d * _LOG_2PI)
+
+
+def _chol_small(M):
+    """Unrolled lower Cholesky factor of ``M`` (..., d, d) for small static d (NaN if not PD)."""
+    d = M.shape[-1]
+    L = [[None] * d for _ in range(d)]
+    for c in range(d):
+        L[c][c] = jnp.sqrt(M[..., c, c] - sum((L[c][k] ** 2 for k in range(c)), 0.0))
+        for i in range(c + 1, d):
+            L[i][c] = (M[..., i, c] - sum((L[i][k] * L[c][k] for k in range(c)), 0.0)) / L[c][c]
+    return L
+
+
+def _tri_inv_small(L):
+    """Inverse of the unrolled lower-triangular factor ``L`` (nested lists) as a (..., d, d) array."""
+    d = len(L)
+    zero = jnp.zeros_like(L[0][0])
+    inv = [[zero] * d for _ in range(d)]
+    for i in range(d):
+        inv[i][i] = 1.0 / L[i][i]
+        for j in range(i):
+            inv[i][j] = -sum((L[i][k] * inv[k][j] for k in range(j, i)), 0.0) * inv[i][i]
+    return jnp.stack([jnp.stack(row, -1) for row in inv], -2)
+
+
+_SMALL_D = 3
+
+
+def _gauss_moments(J, h):
+    """``(E[z z^T], E[z], log normalizer, L^-1)`` of ``exp(-1/2 z^T J z + h^T z)`` from one Cholesky
+    factorization ``J = L L^T``. The same quantities as ``gaussian_expected_stats`` and
+    ``gaussian_log_normalizer`` of :mod:`metaprior.svae.expfam`, computed once; for ``d <= 3``
+    the factorization is unrolled into elementwise code that XLA fuses (several times faster
+    than batched LAPACK calls for the many 2x2 matrices of a batch on CPU)."""
+    d = h.shape[-1]
+    if d <= _SMALL_D:
+        Linv = _tri_inv_small(_chol_small(symmetrize(J)))
+    else:
+        Linv = _tri_inv(_chol(J))
+    v = jnp.einsum("...ij,...j->...i", Linv, h)                    # L^-1 h
+    mean = jnp.einsum("...ji,...j->...i", Linv, v)                 # J^-1 h
+    cov = jnp.swapaxes(Linv, -1, -2) @ Linv
+    log_z = (0.5 * jnp.sum(v * v, -1) + jnp.sum(jnp.log(jnp.diagonal(Linv, axis1=-2, axis2=-1)), -1)
+             + 0.5 * d * _LOG_2PI)
+    return cov + mean[..., :, None] * mean[..., None, :], mean, log_z, Linv
+
+
+def _xlogx(r):
+    """``r log r`` with the limit 0 at ``r = 0`` and a finite gradient there (softmax underflow)."""
+    return r * jnp.log(jnp.where(r > 0, r, 1.0))
+
+
+def _z_natural(eg: GMMExpected, r, j, h):
+    """Mean-field update of ``q(z)``: ``J = sum_k r_k E[Sigma_k^-1] + diag(j)``, ``h = sum_k r_k E[Sigma_k^-1 mu_k] + h_psi``."""
+    J = -2.0 * jnp.einsum("bk,kij->bij", r, eg.neg_half_prec) + j[..., :, None] * jnp.eye(j.shape[-1], dtype=j.dtype)
+    return J, r @ eg.prec_mean + h
+
+
+def gmm_local_elbo(eg: GMMExpected, j, h, r, J, hz):
+    """Local surrogate objective ``L_loc`` (B,) for arbitrary ``q(c) = r`` and ``q(z) = N(J, hz)``.
+
+    ``L_loc = sum_k r_k logits_k - sum_k r_k log r_k + E[log psi(z)] - E[log q(z)]`` with
+    ``E[log q(z)] = -1/2 tr(J E[zz^T]) + hz^T E[z] - A(J, hz)``. Also returns ``E[log psi(z)]``,
+    so that ``KL_loc = E[log psi] - L_loc``.
+    """
+    Ezz, Ez, log_z, _ = _gauss_moments(J, hz)
+    logits = _label_logits(eg, Ezz, Ez)
+    E_psi = -0.5 * jnp.sum(j * jnp.diagonal(Ezz, axis1=-2, axis2=-1), -1) + jnp.sum(h * Ez, -1)
+    E_logq = -0.5 * jnp.sum(J * Ezz, axis=(-1, -2)) + jnp.sum(hz * Ez, -1) - log_z
+    value = jnp.sum(r * logits, -1) - jnp.sum(_xlogx(r), -1) + E_psi - E_logq
+    return value, E_psi
+
+
+def gmm_meanfield(eg: GMMExpected, j, h, num_iters: int, trace: bool = False) -> GMMLocal:
+    """Mean-field coordinate ascent on ``(q(c), q(z))`` for ``num_iters`` iterations.
+
+    Start: ``r`` from ``q(z) = psi`` alone; then each iteration updates ``q(z)`` given ``r`` and
+    ``r`` given ``q(z)``. With ``trace=True`` the local objective is recorded after the first
+    ``q(z)`` and every later half-step (for tests: it must never decrease).
+    """
+    d = h.shape[-1]
+    mean0, var0 = h / j, 1.0 / j
+    Ezz0 = var0[..., :, None] * jnp.eye(d, dtype=h.dtype) + mean0[..., :, None] * mean0[..., None, :]
+    r0 = jax.nn.softmax(_label_logits(eg, Ezz0, mean0), -1)
+
+    def body(r, _):
+        J, hz = _z_natural(eg, r, j, h)
+        Ezz, Ez, _, _ = _gauss_moments(J, hz)
+        r_new = jax.nn.softmax(_label_logits(eg, Ezz, Ez), -1)
+        if trace:
+            out = jnp.stack([gmm_local_elbo(eg, j, h, r, J, hz)[0], gmm_local_elbo(eg, j, h, r_new, J, hz)[0]])
+        else:
+            out = None
+        return r_new, out
+
+    r, tr = jax.lax.scan(body, r0, None, length=num_iters)
+    J, hz = _z_natural(eg, r, j, h)
+    if trace:
+        tr = jnp.concatenate([tr.reshape((-1,) + tr.shape[2:]), gmm_local_elbo(eg, j, h, r, J, hz)[0][None]], 0)
+    else:
+        tr = jnp.zeros((0,) + h.shape[:1], h.dtype)
+    return GMMLocal(r, J, hz, j, h, tr)
+
+
+# --------------------------------------------------------------------------------------
+# Objective and natural gradient
+# --------------------------------------------------------------------------------------
+
+
+def gmm_elbo_given_local(spec: GMMSVAE, net, glob, prior, x, local: GMMLocal, eps, num_data):
+    """The SVAE ELBO (per example) for fixed local factors; ``eps`` (B, d) standard-normal noise.
+
+    Returns a dict of scalars: ``elbo``, ``loss``, ``rate``, ``distortion``, ``kl_local``,
+    ``kl_global`` (see the module docstring). Differentiable in ``net`` and ``glob``.
+    """
+    eg = gmm_expected_globals(glob)
+    L_loc, E_psi = gmm_local_elbo(eg, local.j, local.h_psi, local.r, local.J, local.h)
+    kl_local = E_psi - L_loc
+    _, mean, _, Linv = _gauss_moments(local.J, local.h)
+    z = mean + jnp.einsum("...ji,...j->...i", Linv, eps)            # J^-1 h + L^-T eps
+    out = mlp_apply(net["decoder"], z)
+    loglik = log_likelihood(spec.likelihood, out, x, spec.obs_scale)
+    kl_global = dirichlet_kl(glob["dirichlet"], prior["dirichlet"]) + jnp.sum(niw_kl(glob["niw"], prior["niw"]))
+    distortion = -jnp.mean(loglik)
+    rate = jnp.mean(kl_local) + kl_global / num_data
+    elbo = -(distortion + rate)
+    return {"loss": -elbo, "elbo": elbo, "rate": rate, "distortion": distortion,
+            "kl_local": jnp.mean(kl_local), "kl_global": kl_global}
+
+
+def gmm_svae_elbo(spec: GMMSVAE, state, x, key, num_data=None, return_local: bool = False):
+    """ELBO terms of a batch ``x`` (B, D): local inference, one reparameterized sample, KLs.
+
+    ``num_data`` is the training-set size N (default: the batch size). Validates concrete
+    ``x`` (NaN/inf or wrong width -> ``ValueError``).
+    """
+    x = check_observations(x, "GMM-SVAE observations", ndim=2, feature_dim=spec.obs_dim)
+    num_data = x.shape[0] if num_data is None else num_data
+    net, glob = state["net"], jax.lax.stop_gradient(state["globals"])
+    j, h = gmm_encode(spec, net["encoder"], x)
+    local = gmm_meanfield(gmm_expected_globals(glob), j, h, spec.meanfield_iters)
+    eps = jax.random.normal(key, h.shape, h.dtype)
+    terms = gmm_elbo_given_local(spec, net, glob, state["prior"], x, local, eps, num_data)
+    return (terms, local) if return_local else terms
+
+
+def gmm_natural_gradient(glob, prior, local: GMMLocal, num_data):
+    """Natural-gradient direction ``eta0 + N sbar - eta`` of the per-batch objective (times N).
+
+    ``sbar``: batch means of ``r_n`` (Dirichlet) and ``r_nk (E[z z^T], E[z], 1, 1)`` (NIW of
+    component k). Derivation in the module docstring (Johnson et al. 2016, eq. 8).
+    """
+    r, J, hz = jax.lax.stop_gradient((local.r, local.J, local.h))
+    Ezz, Ez, _, _ = _gauss_moments(J, hz)
+    scale = num_data / r.shape[0]
+    counts = scale * jnp.sum(r, 0)
+    A0, b0, c0, n0 = prior["niw"]
+    target = {
+        "dirichlet": prior["dirichlet"] + counts,
+        "niw": (A0 + scale * jnp.einsum("bk,bij->kij", r, Ezz), b0 + scale * r.T @ Ez, c0 + counts, n0 + counts),
+    }
+    return jax.tree_util.tree_map(lambda t, g: t - g, target, glob)
+
+
+def gmm_train_step(spec: GMMSVAE, state, x, key, lr, num_data):
+    """One SVAE step: Adam on the networks (gradient of ``-elbo``), natural gradient on the globals."""
+
+    def loss_fn(net):
+        terms, local = gmm_svae_elbo(spec, {**state, "net": net}, x, key, num_data, return_local=True)
+        return terms["loss"], (terms, local)
+
+    grads, (terms, local) = jax.grad(loss_fn, has_aux=True)(state["net"])
+    net, opt = adam_update(grads, state["opt"], state["net"], lr)
+    direction = gmm_natural_gradient(state["globals"], state["prior"], local, num_data)
+    glob = jax.tree_util.tree_map(lambda g, d: g + spec.natgrad_step * d, state["globals"], direction)
+    return {**state, "net": net, "opt": opt, "globals": glob}, terms
+
+
+# --------------------------------------------------------------------------------------
+# Inference helpers for trained models
+# --------------------------------------------------------------------------------------
+
+
+def gmm_infer(spec: GMMSVAE, state, x):
+    """Local inference for data ``x``: ``{"labels", "r", "z_mean", "z_cov"}`` (numpy)."""
+    x = check_observations(x, "GMM-SVAE observations", ndim=2, feature_dim=spec.obs_dim)
+    local = _infer_jit(spec, state, x)
+    mean, cov = gaussian_natural_to_standard(local.J, local.h)
+    r = np.asarray(local.r)
+    return {"labels": r.argmax(-1), "r": r, "z_mean": np.asarray(mean), "z_cov": np.asarray(cov)}
+
+
+def _infer(spec, state, x):
+    j, h = gmm_encode(spec, state["net"]["encoder"], x)
+    return gmm_meanfield(gmm_expected_globals(state["globals"]), j, h, spec.meanfield_iters)
+
+
+_infer_jit = jax.jit(_infer, static_argnums=0)
+_encode_jit = jax.jit(gmm_encode, static_argnums=0)
+
+
+# --------------------------------------------------------------------------------------
+# NumPyro model and guide, ArviZ
+# --------------------------------------------------------------------------------------
+
+
+def gmm_svae_model(x, state, spec: GMMSVAE, num_data=None):
+    """The GMM-SVAE generative model as a NumPyro program (Johnson et al. 2016, Sec. 3).
+
+    Sites: ``weights`` ~ Dirichlet, per component (plate ``components``) ``covariances`` ~
+    InverseWishart and ``means`` ~ MVN (together the NIW prior), per example (plate ``data``,
+    subsampled: ``x`` is a batch of ``num_data``) the latent ``z`` ~ the K-component mixture
+    (labels summed out, so the program has no discrete sites) and ``x`` ~ the decoder
+    likelihood. ``state`` is a trained state (``state["net"]["decoder"]``, ``state["prior"]``).
+
+    Example::
+
+        from numpyro.infer import Trace_ELBO, Predictive
+        loss = Trace_ELBO().loss(key, {}, gmm_svae_model, gmm_svae_guide, x, state, spec)
+        draws = Predictive(gmm_svae_model, guide=gmm_svae_guide, num_samples=10)(key, x, state, spec)
+    """
+    import numpyro
+    import numpyro.distributions as dist
+
+    x = check_observations(x, "GMM-SVAE observations", ndim=2, feature_dim=spec.obs_dim)
+    B, K = x.shape[0], spec.num_components
+    N = B if num_data is None else int(num_data)
+    p = gmm_global_standard(state["prior"])
+    weights = numpyro.sample("weights", dist.Dirichlet(p["alpha"]))
+    with numpyro.plate("components", K):
+        cov = numpyro.sample("covariances", dist.InverseWishart(p["nu"], scale_matrix=p["S"]))
+        means = numpyro.sample("means", dist.MultivariateNormal(p["m"], covariance_matrix=cov / p["kappa"][:, None, None]))
+    with numpyro.plate("data", N, subsample_size=B):
+        mix = dist.MixtureSameFamily(dist.Categorical(probs=weights), dist.MultivariateNormal(means, covariance_matrix=cov))
+        z = numpyro.sample("z", mix)
+        loc, scale = likelihood_params(spec.likelihood, mlp_apply(state["net"]["decoder"], z), spec.obs_scale)
+        obs = dist.Bernoulli(logits=loc) if spec.likelihood == "bernoulli" else dist.Normal(loc, scale)
+        numpyro.sample("x", obs.to_event(1), obs=x)
+
+
+def gmm_svae_guide(x, state, spec: GMMSVAE, num_data=None):
+    """The SVAE variational family as a NumPyro guide (same arguments as :func:`gmm_svae_model`).
+
+    Globals from their conjugate factors ``q(pi) q(mu, Sigma)`` (``state["globals"]``); local
+    ``z_n`` from the mean-field factor ``q(z_n)`` that the recognition potentials and the
+    expected globals give (:func:`gmm_meanfield`); the label probabilities ``q(c_n)`` are
+    recorded as the deterministic site ``responsibilities``.
+    """
+    import numpyro
+    import numpyro.distributions as dist
+
+    x = check_observations(x, "GMM-SVAE observations", ndim=2, feature_dim=spec.obs_dim)
+    B, K = x.shape[0], spec.num_components
+    N = B if num_data is None else int(num_data)
+    q = gmm_global_standard(state["globals"])
+    numpyro.sample("weights", dist.Dirichlet(q["alpha"]))
+    with numpyro.plate("components", K):
+        cov = numpyro.sample("covariances", dist.InverseWishart(q["nu"], scale_matrix=q["S"]))
+        numpyro.sample("means", dist.MultivariateNormal(q["m"], covariance_matrix=cov / q["kappa"][:, None, None]))
+    local = _infer(spec, state, x)
+    mean, _ = gaussian_natural_to_standard(local.J, local.h)
+    with numpyro.plate("data", N, subsample_size=B):
+        numpyro.deterministic("responsibilities", local.r)
+        numpyro.sample("z", dist.MultivariateNormal(mean, precision_matrix=local.J))
+
+
+def _sample_globals(glob, seed: int, num_samples: int):
+    """``num_samples`` draws of (weights, means, covariances) from the global factors (numpy/scipy)."""
+    from scipy.stats import invwishart
+
+    q = {k: np.asarray(v, np.float64) for k, v in gmm_global_standard(glob).items()}
+    rng = np.random.default_rng(seed)
+    K, d = q["m"].shape
+    weights = rng.dirichlet(q["alpha"], size=num_samples)
+    cov = np.stack([invwishart(df=q["nu"][k], scale=q["S"][k]).rvs(num_samples, random_state=rng).reshape(num_samples, d, d)
+                    for k in range(K)], 1)
+    L = np.linalg.cholesky(cov / q["kappa"][None, :, None, None])
+    means = q["m"] + np.einsum("skij,skj->ski", L, rng.standard_normal((num_samples, K, d)))
+    return weights, means, cov
+
+
+def gmm_global_posterior(state, num_samples: int = 500, seed: int = 0):
+    """The global posterior ``q(pi) q(mu, Sigma)`` as ``arviz.InferenceData``.
+
+    ``posterior`` holds ``weights`` (chain, draw, component), ``means`` (chain, draw,
+    component, latent_dim) and ``covariances`` (..., latent_dim, latent_dim): ``num_samples``
+    draws from the Dirichlet and NIW factors (one chain; numpy/scipy sampling, seeded by ``seed``).
+    """
+    import arviz as az
+
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    weights, means, cov = _sample_globals(state["globals"], seed, int(num_samples))
+    K, d = means.shape[-2:]
+    return az.from_dict(
+        posterior={"weights": np.asarray(weights)[None], "means": np.asarray(means)[None],
+                   "covariances": np.asarray(cov)[None]},
+        coords={"component": np.arange(K), "latent_dim": np.arange(d), "latent_dim_bis": np.arange(d)},
+        dims={"weights": ["component"], "means": ["component", "latent_dim"],
+              "covariances": ["component", "latent_dim", "latent_dim_bis"]},
+    )

@@ -1,0 +1,64 @@
+"""The issue-6 experiments in their --tiny settings: each runs and writes its table, runs and plots."""
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tiny_semi_supervised(tmp_path):
+    out = tmp_path / "ssl"
+    assert load_script("semi_supervised").main(["--tiny", "--out", str(out)]) == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [(r["data"], r["labels"]) for r in rows] == [("digits", 100)]
+    assert all(0.0 <= r[k] <= 1.0 for r in rows for k in ("m2_accuracy", "supervised_accuracy"))
+    assert (out / "m2_digits_seed0" / "metrics.jsonl").read_text().strip()
+    assert "| digits | 100 |" in (out / "results.md").read_text()
+
+
+def test_tiny_ladder_depth(tmp_path):
+    out = tmp_path / "ladder"
+    assert load_script("ladder_depth").main(["--tiny", "--out", str(out)]) == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["ladder_vae", "hierarchical_vae"]
+    for r in rows:
+        assert len(r["kl_per_layer"]) == 3 and all(k >= 0 for k in r["kl_per_layer"])
+        assert abs(sum(r["kl_per_layer"]) - r["rate"]) < 1e-3 * max(1.0, r["rate"])
+    assert (out / "kl_per_layer.png").stat().st_size > 0
+
+
+def test_tiny_information_preference(tmp_path):
+    out = tmp_path / "ip"
+    assert load_script("information_preference").main(["--tiny", "--out", str(out)]) == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [(r["window"], r["full_receptive_field"]) for r in rows] == [(0, False), (7, True)]
+    assert all(r["rate"] >= 0 and r["distortion"] > 0 for r in rows)
+    assert (out / "rate_vs_window.png").stat().st_size > 0 and (out / "vlae_w7" / "metrics.jsonl").exists()
+
+
+def test_tiny_vq_digits(tmp_path):
+    out = tmp_path / "vq"
+    assert load_script("vq_digits").main(["--tiny", "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())["results"]
+    assert 1.0 <= res["perplexity"] <= res["codebook_size"] and res["prior_nll"] > 0
+    assert {"reconstructions.png", "prior_samples.png", "uniform_samples.png"} <= {p.name for p in out.iterdir()}
+    assert (out / "vq_vae" / "code_prior.pt").exists()
+
+
+def test_tiny_discrete_factors(tmp_path):
+    script = load_script("discrete_factors")
+    assert script.matched_accuracy(np.array([2, 2, 0, 1]), np.array([0, 0, 1, 2])) == 1.0
+    out = tmp_path / "discrete"
+    assert script.main(["--tiny", "--out", str(out)]) == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["joint_vae", "gmm_vae"]
+    assert all(0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["nmi"] <= 1.0 for r in rows)

@@ -1,0 +1,463 @@
+"""Structured VAE models on the JAX core: GMM-SVAE, LDS/SLDS-SVAE, their training engine and recipes.
+
+Tight numerical checks run inside a local ``jax.enable_x64`` context. Shapes are tiny and
+specs are shared between tests so that each jitted program compiles once.
+"""
+import itertools
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from metaprior.cli import main
+from metaprior.data import DataError, load
+from metaprior.svae import (
+    dirichlet_log_normalizer,
+    gaussian_expected_stats,
+    niw_log_normalizer,
+    niw_standard_to_natural,
+    stack_sequences,
+)
+from metaprior.svae.gmm import (
+    GMMLocal,
+    GMMSVAE,
+    gmm_elbo_given_local,
+    gmm_expected_globals,
+    gmm_global_posterior,
+    gmm_local_elbo,
+    gmm_meanfield,
+    gmm_natural_gradient,
+    gmm_prior,
+    gmm_svae_elbo,
+    gmm_svae_guide,
+    gmm_svae_model,
+)
+from metaprior.svae.slds import (
+    SLDSSVAE,
+    _node_loglik,
+    _x_update,
+    prepare_sequences,
+    slds_local_elbo,
+    slds_meanfield,
+    slds_prior,
+    slds_svae_elbo,
+)
+
+
+def x64():
+    """Local 64-bit context (does not flip the global flag)."""
+    if hasattr(jax, "enable_x64"):
+        return jax.enable_x64(True)
+    from jax.experimental import enable_x64  # older jax
+
+    return enable_x64()
+
+
+def random_globals(rng, K, d, scale=1.0):
+    """A valid random GMM global state (Dirichlet + NIW natural parameters, float64)."""
+    M = rng.normal(size=(K, d, d))
+    S = M @ np.swapaxes(M, -1, -2) + d * np.eye(d)
+    niw = niw_standard_to_natural(S, scale * rng.normal(size=(K, d)), rng.uniform(0.5, 2.0, K), rng.uniform(d + 2, d + 6, K))
+    return {"dirichlet": jnp.asarray(rng.uniform(0.5, 3.0, K)), "niw": tuple(jnp.asarray(a) for a in niw)}
+
+
+# --------------------------------------------------------------------------------------
+# GMM-SVAE
+# --------------------------------------------------------------------------------------
+
+
+def test_gmm_meanfield_never_decreases_the_local_elbo():
+    rng = np.random.default_rng(0)
+    with x64():
+        glob = random_globals(rng, K=4, d=2, scale=2.0)
+        j = jnp.asarray(rng.uniform(0.2, 3.0, (32, 2)))
+        h = jnp.asarray(rng.normal(size=(32, 2)) * 2.0) * j
+        local = jax.jit(lambda g, j, h: gmm_meanfield(gmm_expected_globals(g), j, h, num_iters=6, trace=True))(glob, j, h)
+        trace = np.asarray(local.elbo_trace)                 # (2 * iters + 1, B)
+    assert trace.shape == (13, 32) and np.all(np.isfinite(trace))
+    steps = np.diff(trace, axis=0)
+    assert steps.min() >= -1e-9 * np.abs(trace).max(), steps.min()
+    assert np.any(steps > 1e-6)                              # the updates do something
+
+
+def test_gmm_k1_identity_decoder_matches_the_conjugate_posterior():
+    """K = 1, decoder x = z + N(0, R), recognition potential = the exact likelihood potential:
+    q(z) is Gaussian conditioning on the expected prior, and with a concentrated NIW the ELBO
+    (analytic expectation) is the exact log marginal likelihood log N(x | m, Sigma + R)."""
+    rng = np.random.default_rng(1)
+    d, B = 2, 5
+    S = np.array([[1.0, 0.3], [0.3, 0.5]])
+    m = np.array([0.5, -1.0])
+    R = np.array([0.2, 0.4])                                  # likelihood variances
+    x = rng.normal(size=(B, d)) + m
+    with x64():
+        for conc in (3.0, 1e6):                               # a broad and a concentrated NIW
+            nu = d + 1 + conc
+            niw = niw_standard_to_natural(S * (nu - d - 1), m, conc, nu)   # E[Sigma] = S
+            glob = {"dirichlet": jnp.asarray([1.0]), "niw": tuple(jnp.asarray(a)[None] for a in niw)}
+            j, h = jnp.asarray(np.broadcast_to(1 / R, (B, d))), jnp.asarray(x / R)
+            eg = gmm_expected_globals(glob)
+            local = gmm_meanfield(eg, j, h, num_iters=3)
+            Ezz, mean = (np.asarray(a) for a in gaussian_expected_stats(local.J, local.h))
+            cov = Ezz - mean[..., :, None] * mean[..., None, :]
+            # closed form with the expected natural parameters of the prior
+            P0 = -2 * np.asarray(eg.neg_half_prec[0])
+            mu0 = np.linalg.solve(P0, np.asarray(eg.prec_mean[0]))
+            post_cov = np.linalg.inv(P0 + np.diag(1 / R))
+            post_mean = (post_cov @ ((P0 @ mu0)[:, None] + (x / R).T)).T
+            np.testing.assert_allclose(mean, post_mean, rtol=1e-10, atol=1e-10)
+            np.testing.assert_allclose(cov, np.broadcast_to(post_cov, cov.shape), rtol=1e-10, atol=1e-12)
+            # ELBO with the analytic E_q[log p(x|z)] = L_loc + log-constant of the potential
+            L_loc, _ = gmm_local_elbo(eg, j, h, local.r, local.J, local.h)
+            const = -0.5 * np.sum(x**2 / R, -1) - 0.5 * np.sum(np.log(2 * np.pi * R))
+            elbo = np.asarray(L_loc) + const
+            Sigma = np.linalg.inv(P0)
+            diff = x - mu0
+            C = Sigma + np.diag(R)
+            exact = -0.5 * np.einsum("bi,ij,bj->b", diff, np.linalg.inv(C), diff) - 0.5 * np.linalg.slogdet(2 * np.pi * C)[1]
+            if conc > 1e5:
+                np.testing.assert_allclose(elbo, exact, atol=1e-4)
+            else:
+                assert np.all(elbo < exact + 1e-9)            # a bound (the NIW uncertainty costs)
+
+
+def test_natural_gradient_is_the_fisher_preconditioned_gradient():
+    """grad_eta of N * ELBO (local factors held fixed) = H(eta) (eta0 + N sbar - eta), H the
+    Hessian of the log normalizer (the Fisher information); checked for Dirichlet and NIW."""
+    rng = np.random.default_rng(2)
+    K, d, B, N = 2, 2, 7, 50.0
+    spec = GMMSVAE(obs_dim=2, num_components=K, latent_dim=d, hidden=(4,))
+    with x64():
+        state = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), spec.init_state(jax.random.PRNGKey(0)))
+        glob = random_globals(rng, K, d)
+        prior = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), state["prior"])
+        x = jnp.asarray(rng.normal(size=(B, 2)))
+        j = jnp.asarray(rng.uniform(0.5, 2.0, (B, d)))
+        h = jnp.asarray(rng.normal(size=(B, d)))
+        local = gmm_meanfield(gmm_expected_globals(glob), j, h, 4)
+        eps = jnp.asarray(rng.normal(size=(B, d)))
+
+        def objective(g):
+            return N * gmm_elbo_given_local(spec, state["net"], g, prior, x, local, eps, N)["elbo"]
+
+        # NIW in symmetric coordinates v = (A00, A01, A11, b0, b1, c, n) per component
+        def to_niw(v):
+            A = jnp.stack([jnp.stack([v[:, 0], v[:, 1]], -1), jnp.stack([v[:, 1], v[:, 2]], -1)], -2)
+            return A, v[:, 3:5], v[:, 5], v[:, 6]
+
+        def from_niw(A, b, c, n):
+            return jnp.concatenate([A[:, 0, :1], A[:, 0, 1:], A[:, 1, 1:], b, c[:, None], n[:, None]], 1)
+
+        @jax.jit
+        def compute(glob):
+            direction = gmm_natural_gradient(glob, prior, local, N)
+            g_dir = jax.grad(lambda e: objective({**glob, "dirichlet": e}))(glob["dirichlet"])
+            H_dir = jax.hessian(dirichlet_log_normalizer)(glob["dirichlet"])
+            v = from_niw(*glob["niw"])
+            g_niw = jax.grad(lambda v: objective({**glob, "niw": to_niw(v)}))(v)
+            H_niw = jax.hessian(lambda v: jnp.sum(niw_log_normalizer(*to_niw(v))))(v)   # (K, 7, K, 7)
+            return direction["dirichlet"], g_dir, H_dir, from_niw(*direction["niw"]), g_niw, H_niw
+
+        d_dir, g_dir, H_dir, d_niw, g_niw, H_niw = (np.asarray(a) for a in compute(glob))
+    np.testing.assert_allclose(np.linalg.solve(H_dir, g_dir), d_dir, rtol=1e-7, atol=1e-8)
+    for k in range(K):
+        np.testing.assert_allclose(np.linalg.solve(H_niw[k, :, k, :], g_niw[k]), d_niw[k], rtol=1e-6, atol=1e-8)
+
+
+def test_gmm_bad_input():
+    with pytest.raises(ValueError, match="positive definite"):
+        gmm_prior(3, 2, S=[[1.0, 2.0], [2.0, 1.0]])
+    with pytest.raises(ValueError, match="K.*>= 1"):
+        gmm_prior(0, 2)
+    with pytest.raises(ValueError, match="K.*>= 1"):
+        GMMSVAE(obs_dim=2, num_components=0)
+    spec = GMMSVAE(obs_dim=2, num_components=2, hidden=(4,))
+    state = spec.init_state(jax.random.PRNGKey(0))
+    x = np.zeros((4, 2), np.float32)
+    x[1, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        gmm_svae_elbo(spec, state, x, jax.random.PRNGKey(0))
+    with pytest.raises(ValueError, match="2 features"):
+        gmm_svae_elbo(spec, state, np.zeros((4, 3)), jax.random.PRNGKey(0))
+
+
+def test_numpyro_model_guide_and_arviz():
+    """The NumPyro programs run and give a finite one-sample ELBO; the global posterior as ArviZ."""
+    import arviz as az
+    from numpyro import handlers
+    from numpyro.infer.util import log_density
+
+    spec = GMMSVAE(obs_dim=2, num_components=3, hidden=(4,), meanfield_iters=2)
+    x = np.asarray(load("pinwheel", num_per_class=10).x)
+    state = spec.init_state(jax.random.PRNGKey(0), x)
+    idata = gmm_global_posterior(state, num_samples=20, seed=0)
+    assert isinstance(idata, az.InferenceData)
+    assert idata.posterior["weights"].shape == (1, 20, 3)
+    assert idata.posterior["means"].shape == (1, 20, 3, 2)
+    assert idata.posterior["covariances"].shape == (1, 20, 3, 2, 2)
+    np.testing.assert_allclose(idata.posterior["weights"].sum("component").values, 1.0, rtol=1e-5)
+    # one draw of the globals from the ArviZ posterior; z and the responsibilities from the guide
+    glob = {k: jnp.asarray(idata.posterior[k].values[0, 0]) for k in ("weights", "means", "covariances")}
+
+    @jax.jit
+    def one_sample_elbo(key):
+        guide = handlers.condition(gmm_svae_guide, glob)
+        tr = handlers.trace(handlers.seed(guide, key)).get_trace(x, state, spec, num_data=100)
+        values = {k: v["value"] for k, v in tr.items() if v["type"] == "sample"}
+        log_p, _ = log_density(handlers.seed(gmm_svae_model, key), (x, state, spec), {"num_data": 100}, values)
+        log_q, _ = log_density(handlers.seed(guide, key), (x, state, spec), {"num_data": 100}, values)
+        return log_p - log_q, tr["responsibilities"]["value"], values["z"]
+
+    elbo, resp, z = one_sample_elbo(jax.random.PRNGKey(2))
+    assert np.isfinite(float(elbo))
+    assert resp.shape == (len(x), 3) and z.shape == (len(x), 2)
+    np.testing.assert_allclose(np.asarray(resp).sum(-1), 1.0, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------------------
+# LDS / SLDS-SVAE
+# --------------------------------------------------------------------------------------
+
+T, D = 4, 2
+
+
+def _dyn(K):
+    A = np.stack([np.array([[0.9, 0.1], [-0.2, 0.8]]), np.array([[1.0, -0.3], [0.2, 0.7]])])[:K]
+    b = np.array([[0.3, -0.1], [-0.5, 0.4]])[:K]
+    Q = np.stack([np.array([[0.5, 0.1], [0.1, 0.3]]), np.array([[0.2, 0.0], [0.0, 0.6]])])[:K]
+    return tuple(jnp.asarray(a) for a in (A, b, Q, np.array([0.1, 0.2]), np.array([[1.0, 0.2], [0.2, 0.7]])))
+
+
+def _dense_chain(dyn, weights):
+    """Dense precision and potential of p(x_1) prod_t exp(sum_k w_tk log N(x_t | A_k x_{t-1} + b_k, Q_k))
+    (weights (T-1, K)) and the constant it drops."""
+    A, b, Q, mu0, S0 = (np.asarray(a) for a in dyn)
+    n = T * D
+    P, hv = np.zeros((n, n)), np.zeros(n)
+    S0i = np.linalg.inv(S0)
+    P[:D, :D] += S0i
+    hv[:D] += S0i @ mu0
+    const = -0.5 * mu0 @ S0i @ mu0 - 0.5 * np.linalg.slogdet(2 * np.pi * S0)[1]
+    for t in range(1, T):
+        i0, i1 = slice((t - 1) * D, t * D), slice(t * D, (t + 1) * D)
+        for k in range(len(A)):
+            w, Qi = weights[t - 1, k], np.linalg.inv(Q[k])
+            P[i1, i1] += w * Qi
+            P[i0, i0] += w * A[k].T @ Qi @ A[k]
+            P[i1, i0] -= w * Qi @ A[k]
+            P[i0, i1] -= w * A[k].T @ Qi
+            hv[i1] += w * Qi @ b[k]
+            hv[i0] -= w * A[k].T @ Qi @ b[k]
+            const += w * (-0.5 * b[k] @ Qi @ b[k] - 0.5 * np.linalg.slogdet(2 * np.pi * Q[k])[1])
+    return P, hv, const
+
+
+def _gauss_logZ(P, hv):
+    return 0.5 * hv @ np.linalg.solve(P, hv) - 0.5 * np.linalg.slogdet(P)[1] + 0.5 * len(hv) * np.log(2 * np.pi)
+
+
+def test_lds_svae_local_kl_matches_dense_gaussian():
+    """K = 1: q(x) is the exact posterior of an LDS prior times the potentials; its KL to the
+    prior equals the dense closed form, and its means match dense conditioning."""
+    rng = np.random.default_rng(3)
+    with x64():
+        dyn = _dyn(1)
+        j, h = rng.uniform(0.5, 2, (T, D)), rng.normal(size=(T, D))
+        post, log_Zx, _ = _x_update(dyn, jnp.asarray(j), jnp.asarray(h), jnp.ones((T - 1, 1)), jnp.ones(T - 1, bool))
+        P, hv, _ = _dense_chain(dyn, np.ones((T - 1, 1)))
+        Pq, hq = P + np.diag(j.ravel()), hv + h.ravel()
+        np.testing.assert_allclose(np.asarray(post.means).ravel(), np.linalg.solve(Pq, hq), rtol=1e-10)
+        np.testing.assert_allclose(float(log_Zx), _gauss_logZ(Pq, hq) - _gauss_logZ(P, hv), rtol=1e-10)
+
+
+def test_slds_local_elbo_matches_brute_force_enumeration():
+    """K = 2, T = 4: the closed-form local objective of a (q(c), q(x)) pair equals
+    E_q[log p(c) + log p(x|c) + log psi - log q(c) - log q(x)] by enumerating the 16 state paths."""
+    rng = np.random.default_rng(4)
+    K = 2
+    with x64():
+        dyn = _dyn(K)
+        j, h = rng.uniform(0.5, 2, (T, D)), rng.normal(size=(T, D))
+        log_pi0, log_P = np.log(rng.dirichlet(np.ones(K))), np.log(rng.dirichlet(np.ones(K), K))
+        r_x = rng.dirichlet(np.ones(K), T)                     # marginals q(x) was built from
+        post, log_Zx, _ = _x_update(dyn, jnp.asarray(j), jnp.asarray(h), jnp.asarray(r_x[1:]), jnp.ones(T - 1, bool))
+        ll_x = np.asarray(_node_loglik(dyn, post, jnp.ones(T, bool)))
+        ll_c = rng.normal(size=(T, K))                         # q(c) from arbitrary node potentials
+        from metaprior.svae import hmm_forward_backward
+
+        hp = hmm_forward_backward(jnp.asarray(log_pi0), jnp.asarray(log_P), jnp.asarray(ll_c))
+        L = float(slds_local_elbo(hp.log_normalizer, hp.marginals, jnp.asarray(ll_c), log_Zx, jnp.asarray(r_x), jnp.asarray(ll_x)))
+    # brute force: dense q(x), enumerated q(c)
+    P, hv, _ = _dense_chain(dyn, r_x[1:])
+    Pq, hq = P + np.diag(j.ravel()), hv + h.ravel()
+    cov = np.linalg.inv(Pq)
+    mean = cov @ hq
+    Exx = cov + np.outer(mean, mean)
+    A, b, Q, mu0, S0 = (np.asarray(a) for a in dyn)
+
+    def e_log_normal(t, k):  # E_q(x)[log N(x_t | A_k x_{t-1} + b_k, Q_k)] from dense moments
+        i0, i1 = slice((t - 1) * D, t * D), slice(t * D, (t + 1) * D)
+        M = np.zeros((D, T * D))
+        M[:, i1] = np.eye(D)
+        M[:, i0] = -A[k]
+        mu = M @ mean - b[k]
+        E = M @ cov @ M.T + np.outer(mu, mu)
+        return -0.5 * np.trace(np.linalg.solve(Q[k], E)) - 0.5 * np.linalg.slogdet(2 * np.pi * Q[k])[1]
+
+    M0 = np.zeros((D, T * D))
+    M0[:, :D] = np.eye(D)
+    mu1 = M0 @ mean - mu0
+    e_log_p1 = -0.5 * np.trace(np.linalg.solve(S0, M0 @ cov @ M0.T + np.outer(mu1, mu1))) - 0.5 * np.linalg.slogdet(2 * np.pi * S0)[1]
+    e_psi = -0.5 * np.sum(j.ravel() * np.diag(Exx)) + h.ravel() @ mean
+    e_log_qx = -0.5 * np.linalg.slogdet(2 * np.pi * np.e * cov)[1]
+    paths = list(itertools.product(range(K), repeat=T))
+    logw = np.array([log_pi0[c[0]] + sum(log_P[c[t - 1], c[t]] for t in range(1, T)) + sum(ll_c[t, c[t]] for t in range(T))
+                     for c in paths])
+    q = np.exp(logw - np.logaddexp.reduce(logw))
+    brute = 0.0
+    for qc, c, lw in zip(q, paths, logw):
+        log_prior = log_pi0[c[0]] + sum(log_P[c[t - 1], c[t]] for t in range(1, T))
+        log_qc = lw - np.logaddexp.reduce(logw)
+        e_log_px = e_log_p1 + sum(e_log_normal(t, c[t]) for t in range(1, T))
+        brute += qc * (log_prior + e_log_px + e_psi - log_qc - e_log_qx)
+    np.testing.assert_allclose(L, brute, rtol=1e-9)
+
+
+SLDS_SPEC = SLDSSVAE(obs_dim=5, num_states=2, latent_dim=2, hidden=(6,), meanfield_iters=4)
+
+
+def test_slds_meanfield_monotone_and_masks():
+    rng = np.random.default_rng(5)
+    with x64():
+        state = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), SLDS_SPEC.init_state(jax.random.PRNGKey(0)))
+        net = {**state["net"], "dynamics": {**state["net"]["dynamics"], "b": jnp.asarray([[0.6, 0.0], [-0.6, 0.1]])}}
+        glob = {"init": jnp.asarray([0.5, 1.5]), "trans": jnp.asarray([[5.0, 0.5], [1.0, 4.0]])}
+        Tn = 7
+        j = jnp.asarray(rng.uniform(0.5, 3, (3, Tn, 2)))
+        h = jnp.asarray(rng.normal(size=(3, Tn, 2)) * 2) * j
+        mask = jnp.asarray(np.arange(Tn)[None] < np.array([7, 5, 3])[:, None])
+        local = slds_meanfield(SLDS_SPEC, net, glob, j, h, mask, trace=True)
+        trace = np.asarray(local.elbo_trace)                   # (B, 2 * iters - 1)
+        assert trace.shape == (3, 7) and np.all(np.isfinite(trace))
+        assert np.diff(trace, axis=1).min() >= -1e-9 * np.abs(trace).max()
+        # a padded sequence gives the same local KL and marginals as the unpadded one
+        short = slds_meanfield(SLDS_SPEC, net, glob, j[1:2, :5], h[1:2, :5], jnp.ones((1, 5), bool))
+        np.testing.assert_allclose(local.kl_local[1], short.kl_local[0], rtol=1e-9)
+        np.testing.assert_allclose(local.r[1, :5], short.r[0], rtol=1e-8, atol=1e-12)
+
+
+def test_slds_bad_input():
+    with pytest.raises(ValueError, match="K.*>= 1"):
+        SLDSSVAE(obs_dim=3, num_states=0)
+    with pytest.raises(ValueError, match="K.*>= 1"):
+        slds_prior(0)
+    seqs = [np.zeros((5, 3), np.float32), np.zeros((7, 3), np.float32)]
+    with pytest.raises(ValueError, match="unequal lengths.*mask"):
+        prepare_sequences(seqs)
+    padded, mask = stack_sequences(seqs)
+    x, m = prepare_sequences(padded, mask, obs_dim=3)
+    assert x.shape == (2, 7, 3) and np.asarray(m).sum() == 12
+    bad = np.zeros((2, 4, 3), np.float32)
+    bad[0, 1, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        prepare_sequences(bad)
+    with pytest.raises(ValueError, match="unequal lengths"):
+        slds_svae_elbo(SLDS_SPEC, None, [np.zeros((4, 5)), np.zeros((6, 5))], jax.random.PRNGKey(0))
+    with pytest.raises(DataError, match="NaN"):
+        from metaprior.data import ArrayData
+
+        ArrayData(bad)
+
+
+# --------------------------------------------------------------------------------------
+# Engine and command line
+# --------------------------------------------------------------------------------------
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+GMM_ARGS = ("--method", "svae_gmm", "--data", "pinwheel", "--set", "batch_size=64", "--set", "log_every=10",
+            "--set", "checkpoint_every=20", "--no-progress")
+
+
+def test_short_pinwheel_run_raises_the_elbo(tmp_path):
+    from metaprior.inference.trainer import TrainConfig
+    from metaprior.methods import METHODS, configure
+    from metaprior.svae.engine import train
+
+    data = load("pinwheel")
+    recipe = configure(METHODS["svae_gmm"], {})
+    cfg = TrainConfig(steps=200, batch_size=64, log_every=50, progress=False)
+    res = train(recipe.spec(data), data, cfg, out=tmp_path / "r", record={"method": "svae_gmm"})
+    rows = [json.loads(s) for s in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [50, 100, 150, 200]
+    assert rows[-1]["elbo"] > rows[0]["elbo"] + 0.3, rows
+    for r in rows:
+        assert r["elbo"] == pytest.approx(-(r["rate"] + r["distortion"]), abs=1e-4)
+        assert r["loss"] == pytest.approx(-r["elbo"], abs=1e-6)
+    assert res.step == 200
+
+
+def test_cli_svae_gmm_train_evaluate_plot_resume(tmp_path, capsys):
+    out = tmp_path / "gmm"
+    code, _, err = run(capsys, "train", *GMM_ARGS, "--steps", "30", "--out", str(out), "--no-plots")
+    assert code == 0, err
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["method"] == "svae_gmm" and cfg["train"]["steps"] == 30 and "jax" in cfg["versions"]
+    rows = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [10, 20, 30]
+    assert all({"loss", "elbo", "rate", "distortion", "kl_local", "kl_global"} <= set(r) for r in rows)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_0000020.ckpt", "step_0000030.ckpt"]
+
+    code, stdout, err = run(capsys, "evaluate", str(out))
+    assert code == 0, err
+    ev = json.loads((out / "eval.json").read_text())
+    assert {"ari", "nmi", "elbo", "rate", "distortion"} <= set(ev)
+    assert -1.0 <= ev["ari"]["value"] <= 1.0 and ev["ari"]["settings"]["num_examples"] == 500
+    assert ev["elbo"]["value"] == pytest.approx(-(ev["rate"]["value"] + ev["distortion"]["value"]), rel=1e-5)
+    code, _, err = run(capsys, "evaluate", str(out), "--metrics", "mig")
+    assert code == 2 and "unknown metric" in err
+
+    code, stdout, err = run(capsys, "plot", str(out))
+    assert code == 0, err
+    assert {p.name for p in (out / "plots").iterdir()} >= {"latent.png", "training.png"}
+
+    # resume to 50 steps equals a straight 50-step run (checkpoint at 30 holds a partial log window)
+    code, _, err = run(capsys, "train", "--out", str(out), "--resume", "--steps", "45", "--no-progress", "--no-plots")
+    assert code == 0, err
+    straight = tmp_path / "straight"
+    code, _, err = run(capsys, "train", *GMM_ARGS, "--steps", "45", "--out", str(straight), "--no-plots")
+    assert code == 0, err
+    strip = lambda d: [{k: v for k, v in json.loads(s).items() if k != "wall_s"}  # noqa: E731
+                       for s in (d / "metrics.jsonl").read_text().splitlines()]
+    assert strip(out) == strip(straight)
+
+    code, _, err = run(capsys, "train", "--method", "svae_gmm", "--data", "pinwheel", "--set", "num_components=0",
+                       "--out", str(tmp_path / "bad"), "--no-progress", "--no-plots")
+    assert code == 2 and "K" in err and ">= 1" in err
+
+
+def test_cli_svae_slds_smoke(tmp_path, capsys):
+    out = tmp_path / "slds"
+    code, _, err = run(capsys, "train", "--method", "svae_slds", "--data", "bouncing_dot",
+                       "--data-option", "num_sequences=12", "--data-option", "length=6", "--data-option", "width=5",
+                       "--set", "hidden=6", "--set", "batch_size=4", "--set", "log_every=2", "--set", "meanfield_iters=4",
+                       "--steps", "4", "--out", str(out), "--no-progress")
+    assert code == 0, err
+    rows = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4] and all(math.isfinite(r["elbo"]) for r in rows)
+    assert {p.name for p in (out / "plots").iterdir()} >= {"states.png", "training.png"}
+    code, _, err = run(capsys, "evaluate", str(out), "--metrics", "ari,nmi")
+    assert code == 0, err
+    ev = json.loads((out / "eval.json").read_text())
+    assert ev["ari"]["settings"]["num_steps"] == 72
+    code, _, err = run(capsys, "train", "--method", "svae_slds", "--data", "pinwheel", "--steps", "2",
+                       "--out", str(tmp_path / "bad"), "--no-progress", "--no-plots")
+    assert code == 2 and "sequence data" in err
