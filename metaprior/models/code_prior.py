@@ -83,7 +83,7 @@ def fit_code_prior(pair, data, steps: int = 2000, batch_size: int = 64, lr: floa
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if log_every and (step + 1) % log_every == 0:
             print(f"code prior step {step + 1}: {np.mean(losses[-log_every:]):.3f} nats "
                   f"(uniform: {pair.codes * math.log(pair.quantizer.size):.3f})", flush=True)
