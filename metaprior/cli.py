@@ -146,7 +146,10 @@ def _plot(run_dir: Path, device: str = "cpu") -> list[Path]:
         plots.training_curves(run_dir / "metrics.jsonl", d / "training.png"),
     ]
     if hasattr(run.pair, "encode"):
-        paths += _plot_representation(run, run_dir, d, device)
+        try:
+            paths += _plot_representation(run, run_dir, d, device)
+        except ValueError as e:  # deterministic (ae, vq_vae) or discrete (joint_vae) codes: no Gaussian q(z|x)
+            print(f"metaprior: skipped the latent scatter, KL bars and k-hat plots: {e}", file=sys.stderr)
     return paths
 
 
