@@ -357,8 +357,9 @@ class SVAESLDS(_SVAERecipe):
         run_dir = Path(run_dir)
         _, data, spec, state, step = self.load(run_dir)
         idx = (data.test_indices if len(data.test_indices) else data.train_indices)[:num_sequences]
+        full = slds_infer(spec, state, data.x)   # all sequences: the shape evaluate_run compiles for
+        inf = {k: v[idx] for k, v in full.items()}
         x = data.x[idx]
-        inf = slds_infer(spec, state, x)
         n = len(idx)
         fig, axes = plt.subplots(3, n, figsize=(3.2 * n, 6), squeeze=False, gridspec_kw={"height_ratios": [3, 2, 1]})
         cmap = plt.get_cmap("tab10")
