@@ -209,14 +209,17 @@ def test_plot_writes_the_new_figures(dsprites_run, capsys, monkeypatch):
 def test_report_writes_png_and_markdown(dsprites_run, tmp_path, capsys):
     import shutil
 
-    other = tmp_path / "other"
+    done, other = tmp_path / "done", tmp_path / "other"
+    shutil.copytree(dsprites_run, done)
     shutil.copytree(dsprites_run, other)
-    (other / "eval.json").unlink()  # a run without evaluation: its training rate/distortion, no usefulness
-    code, out, err = cli(capsys, "report", dsprites_run, other, "--out", tmp_path / "rep")
+    (other / "eval.json").unlink(missing_ok=True)  # not evaluated: training rate/distortion, no usefulness
+    (done / "eval.json").write_text(json.dumps({k: {"value": v, "settings": {}} for k, v in {
+        "rate": 1.5, "distortion": 80.0, "usefulness.logistic_100": 0.4, "mig": 0.1}.items()}))
+    code, out, err = cli(capsys, "report", done, other, "--out", tmp_path / "rep")
     assert code == 0, err
     assert (tmp_path / "rep" / "rate_distortion_usefulness.png").stat().st_size > 0
     md = (tmp_path / "rep" / "report.md").read_text()
-    assert f"| | {dsprites_run.name} | other |" in md and "| usefulness |" in md and "| mig |" in md
+    assert "| | done | other |" in md and "| usefulness | 0.4 | -- |" in md and "| mig | 0.1 | -- |" in md
     assert "training step 4" in md and "held-out" in md
     code, _, err = cli(capsys, "report", tmp_path / "nothing", "--out", tmp_path / "rep2")
     assert code == 2 and "not a run directory" in err

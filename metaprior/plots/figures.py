@@ -144,7 +144,7 @@ def rate_distortion(points: Sequence[dict], path, entropy: float | None = None,
         ps = sorted(ps, key=lambda p: p["rate"])
         if color_key is None:
             ax.plot([p["rate"] for p in ps], [p["distortion"] for p in ps], "o-", ms=5, lw=0.8, label=name or None)
-        elif len(ps) > 1:
+        elif len(ps) > 1 and name:  # connect only named groups (e.g. one method's beta sweep)
             ax.plot([p["rate"] for p in ps], [p["distortion"] for p in ps], "-", color="0.6", lw=0.8, label=name or None)
         for p in ps:
             ax.annotate(p["label"], (p["rate"], p["distortion"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
