@@ -102,6 +102,8 @@ def cmd_train(args) -> int:
     data = load_data(data_spec)
     pyro.set_rng_seed(train_cfg.seed)
     method = configure(METHODS[name], method_settings)
+    if hasattr(method, "prepare_data"):
+        data = method.prepare_data(data)
     record = {**method_record(name, method), "data": data_spec}
     if hasattr(method, "train_run"):  # a recipe with its own engine (the NumPyro/JAX SVAE)
         last = method.train_run(data, train_cfg, out=out, record=record, resume=args.resume)

@@ -45,6 +45,8 @@ def load_run(path, device: str = "cpu", checkpoint: str | None = None) -> Run:
     record = json.loads(cfg_path.read_text())
     data = load_data(record["data"])
     method = build_method(record["method"], record.get("method_config", {}))
+    if hasattr(method, "prepare_data"):
+        data = method.prepare_data(data)
     pyro.set_rng_seed(record["train"]["seed"])
     pair, objective = method.build(data)
     ckpts = checkpoints(path)

@@ -63,6 +63,12 @@ class GaussianVAE:
             raise ValueError(f"beta_schedule must be 'constant', 'linear:STEPS' or 'cyclic:PERIOD[:RATIO]', got {spec!r}")
         return parse_schedule(f"{kind}:{self.beta}:{rest}")
 
+    def prepare_data(self, data):
+        """The data set the method trains on, built from the loaded one (the CLI and :func:`~metaprior.runs.load_run`
+        call it). Label-aware methods return a wrapper whose batches carry the attribute they condition on
+        (:class:`~metaprior.data.attributes.WithAttribute`); the default trains on ``data`` as it is."""
+        return data
+
     def build_model(self, data) -> nn.Module:
         lik = make_likelihood(self.likelihood, data.observation_shape, data.is_binary, self.obs_scale)
         enc, dec = build_encoder_decoder(self.net, data.observation_shape, 2 * self.latent_dim, self.latent_dim, self.hidden)
