@@ -117,8 +117,9 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _engine_method(run_dir: Path):
-    """The recipe of a run whose method has its own engine (``train_run``), else None."""
+def _engine_method(run_dir: Path, hook: str = "train_run"):
+    """The recipe of a run when it defines ``hook`` (``train_run``: its own engine, e.g. the NumPyro/JAX
+    SVAE; ``evaluate_run`` / ``plot_run``: its own evaluation or plots), else None."""
     from .runs import build_method
 
     cfg = Path(run_dir) / "config.json"
@@ -126,7 +127,7 @@ def _engine_method(run_dir: Path):
         raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json); train one with `metaprior train --out {run_dir}`")
     record = json.loads(cfg.read_text())
     method = build_method(record["method"], record.get("method_config", {}))
-    return method if hasattr(method, "train_run") else None
+    return method if hasattr(method, hook) else None
 
 
 def _plot(run_dir: Path, device: str = "cpu") -> list[Path]:
@@ -135,7 +136,7 @@ def _plot(run_dir: Path, device: str = "cpu") -> list[Path]:
     from . import plots
     from .runs import load_run
 
-    engine = _engine_method(run_dir)
+    engine = _engine_method(run_dir, "plot_run")
     if engine is not None:
         return engine.plot_run(Path(run_dir))
     run = load_run(run_dir, device=device)
@@ -205,8 +206,8 @@ def cmd_evaluate(args) -> int:
     from .runs import load_run
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
-    engine = _engine_method(Path(args.run))
-    if engine is not None:  # e.g. clustering quality of an SVAE run
+    engine = _engine_method(Path(args.run), "evaluate_run")
+    if engine is not None:  # e.g. clustering quality of an SVAE run, accuracy of M2
         path = Path(args.run) / "eval.json"
         results = json.loads(path.read_text()) if path.exists() else {}
         results.update(engine.evaluate_run(Path(args.run), metrics=metrics, seed=args.seed))

@@ -13,5 +13,6 @@ from . import vae  # noqa: E402,F401
 from . import adversarial, regularized  # noqa: E402,F401
 from . import svae  # noqa: E402,F401  (structured VAEs: NumPyro/JAX engine)
 from . import structured  # noqa: E402,F401  (issue 6: factorized encoders/decoders, discrete priors)
+from . import fair, fader, clamped, denoising, vae_gan  # noqa: E402,F401  (label-aware methods, section 6 autoencoders)
 
 __all__ = ["METHODS", "register", "GaussianVAE", "configure"]
