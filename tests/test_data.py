@@ -369,3 +369,15 @@ def test_register_dataset_decorator():
             register_dataset("_test_tiny")(tiny)
     finally:
         DATASETS.pop("_test_tiny")
+
+
+def test_string_options_are_read_as_the_declared_types():
+    """`--data-option num_classes=3` arrives as a string; the loader gets an int (and a clear error otherwise)."""
+    from metaprior.data import load
+    from metaprior.data.base import DataError
+
+    d = load("pinwheel", num_classes="3", num_per_class="20", radial_std="0.2")
+    assert d.x.shape == (60, 2) and set(np.unique(d.labels)) == {0, 1, 2}
+    assert np.array_equal(d.x, load("pinwheel", num_classes=3, num_per_class=20, radial_std=0.2).x)
+    with pytest.raises(DataError, match="cannot read num_classes='three' as int"):
+        load("pinwheel", num_classes="three")

@@ -57,6 +57,12 @@ def call_with_options(fn: Callable, options: dict, what: str):
                and n not in options]
     if missing:
         raise DataError(f"{what}: missing required option {missing[0]!r} (e.g. {missing[0]}=...)")
+    from ..config import coerce_options
+
+    try:
+        options = coerce_options(fn, options)
+    except ValueError as e:
+        raise DataError(f"{what}: {e}") from None
     return fn(**options)
 
 

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 from torch import nn
 
+from ..config import coerce as _coerce
 from ..inference.elbo import ELBO
 from ..inference.schedules import Schedule, parse_schedule
 from ..models.likelihoods import LIKELIHOODS, make_likelihood
@@ -84,32 +85,6 @@ class GaussianVAE:
 
     def build(self, data) -> tuple[nn.Module, ELBO]:
         return self.build_model(data), self.objective(data)
-
-
-def _coerce(value: str, typ, key: str):
-    origin = typing.get_origin(typ)
-    try:
-        if typ is bool:
-            v = str(value).strip().lower()
-            if v in ("1", "true", "yes", "on"):
-                return True
-            if v in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(value)
-        if typ is int:
-            f = float(value)
-            if f != int(f):
-                raise ValueError(value)
-            return int(f)
-        if typ is float:
-            return float(value)
-        if origin is tuple:
-            inner = typing.get_args(typ)[0]
-            items = [s for s in str(value).replace("(", "").replace(")", "").split(",") if s.strip()]
-            return tuple(_coerce(s.strip(), inner, key) for s in items)
-        return str(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"cannot read {key}={value!r} as {getattr(typ, '__name__', typ)}") from None
 
 
 def field_types(cls) -> dict[str, Any]:
