@@ -1,4 +1,4 @@
-"""Semi-supervised classification with M2 (Kingma et al. 2014) against a classifier trained on the labels alone.
+"""Semi-supervised classification with M2 and M1+M2 (Kingma et al. 2014) against a classifier on the labels alone.
 
 The survey's "semi-supervised learning" meta-prior (Tschannen et al. 2018, sec. 5.2): a few
 labels per class, the rest of the training split unlabelled. M2 (the ``m2`` recipe: y
@@ -6,6 +6,13 @@ summed out exactly by ``TraceEnum_ELBO`` for unlabelled images, observed for lab
 plus ``alpha`` times the classification loss) is compared with the same classifier network
 q(y|x) trained on the labelled images alone (cross-entropy, Adam, weight decay). Both report
 accuracy of argmax q(y|x) on the held-out split, which no label of it ever reaches.
+
+M1+M2 (the ``m1m2`` recipe, Kingma et al. sec. 2.3) first trains M1, a Gaussian VAE on all
+training images without labels (``--m1-latent-dim`` 50 units as in the paper, MLP
+``--m1-hidden``, ``--m1-steps``), freezes it, and trains the same M2 on its codes z1 (a
+fresh draw of q(z1|x) per step; the held-out images are classified at the posterior mean).
+Its row also reports the M2 classifier's architecture trained on the labelled M1 codes
+alone ("classifier on M1 codes": M1 features without M2's unlabelled objective).
 
 Data sets: scikit-learn's 8x8 digits (1,797 images; 10 % held out) and, when
 ``../shared/data/mnist-t10k`` exists, the real MNIST test set (10,000 images, binarized at
@@ -15,10 +22,14 @@ models). Pyro's published table on full MNIST (60,000 images, 100 labels) gives 
 M2 against 77.1 % for the classifier.
 
     python experiments/semi_supervised.py --tiny --out runs/ssl_tiny       # CI: digits, a few steps
-    python experiments/semi_supervised.py --out runs/ssl                    # full CPU setting
+    python experiments/semi_supervised.py --out runs/ssl                    # full CPU setting (M2 and M1+M2)
+    python experiments/semi_supervised.py --methods m1m2 --out runs/ssl     # the M1+M2 rows alone
 
-Writes one run directory per M2 model (``metaprior evaluate`` reads it), ``results.json``
-and ``results.md`` (mean and standard deviation over seeds).
+Writes one run directory per model (``m2_<data>_seed<s>``, ``m1m2_<data>_seed<s>`` with M1
+in its ``m1/``; ``metaprior evaluate`` reads them), ``results.json``, ``results.md`` (mean
+and standard deviation over seeds) and ``accuracy.png``.
+
+RESULTS_PLACEHOLDER
 """
 from __future__ import annotations
 
@@ -40,7 +51,7 @@ from metaprior.inference import TrainConfig, Trainer
 from metaprior.methods import METHODS, configure
 from metaprior.methods.structured import accuracy
 from metaprior.nets.conv import build_encoder_decoder
-from metaprior.runs import method_record
+from metaprior.runs import load_run, method_record
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT.parent / "shared" / "data" / "mnist-t10k" / "t10k-images-idx3-ubyte.gz"
@@ -97,6 +108,58 @@ def run_m2(name, data, spec, seed, args, out: Path) -> tuple[float, SemiSupervis
     return accuracy(pair, ssl), ssl, time.time() - t0
 
 
+def run_m1m2(name, data, spec, seed, args, out: Path) -> tuple[float, float, float]:
+    """The stacked M1+M2 through the ``m1m2`` recipe's own two-stage engine; also the M2 classifier's
+    architecture trained on the labelled M1 codes alone (does the gain come from M1's features or from M2?)."""
+    settings = {"labels_per_class": args.labels_per_class, "label_seed": seed, "hidden": tuple(args.hidden),
+                "latent_dim": args.latent_dim, "alpha": args.alpha, "labelled_fraction": args.labelled_fraction,
+                "m1_latent_dim": args.m1_latent_dim, "m1_hidden": tuple(args.m1_hidden), "m1_net": args.net,
+                "m1_steps": args.m1_steps, "feature": args.m1_feature}
+    method = configure(METHODS["m1m2"], settings)
+    run_dir = out / f"m1m2_{name}_seed{seed}"
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=seed, device=args.device,
+                      log_every=max(1, args.steps // 20), checkpoint_every=args.steps, progress=False)
+    record = {**method_record("m1m2", method), "data": spec}
+    pyro.set_rng_seed(seed)
+    t0 = time.time()
+    last = method.train_run(data, cfg, out=run_dir, record=record)
+    secs = time.time() - t0
+    m1 = load_run(run_dir / "m1")
+    codes = method.codes(m1.pair, data)
+    acc_codes = supervised_baseline(codes, tuple(args.hidden), "mlp", args.baseline_steps, args.lr, args.weight_decay, seed)
+    return float(last["test_accuracy"]), acc_codes, secs
+
+
+COLUMNS = (("m2_accuracy", "M2"), ("m1m2_accuracy", "M1+M2"), ("m1_classifier_accuracy", "classifier on M1 codes"),
+           ("supervised_accuracy", "classifier alone"))
+
+
+def plot(rows, path: Path) -> None:
+    """Held-out accuracy per data set and model (mean over seeds, bars at one standard deviation)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(r["data"] for r in rows))
+    columns = [(k, t) for k, t in COLUMNS if rows and k in rows[0]]
+    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(names) * max(1, len(columns)) / 3, 3.5))
+    width = 0.8 / max(1, len(columns))
+    for j, (key, title) in enumerate(columns):
+        vals = [[100 * r[key] for r in rows if r["data"] == n] for n in names]
+        ax.bar(np.arange(len(names)) + (j - (len(columns) - 1) / 2) * width, [np.mean(v) for v in vals], width,
+               yerr=[np.std(v) for v in vals], capsize=3, label=title)
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylabel("held-out accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title("semi-supervised: few labels per class", fontsize=10)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True)
@@ -112,6 +175,11 @@ def main(argv=None) -> int:
     p.add_argument("--hidden", type=int, nargs="+", default=[256])
     p.add_argument("--latent-dim", type=int, default=10)
     p.add_argument("--net", default="mlp", choices=("mlp", "auto"))
+    p.add_argument("--methods", nargs="+", default=["m2", "m1m2"], choices=("m2", "m1m2"))
+    p.add_argument("--m1-steps", type=int, default=4000, help="M1 (the VAE on x) training steps of m1m2")
+    p.add_argument("--m1-latent-dim", type=int, default=50, help="z1 size (Kingma et al.: 50)")
+    p.add_argument("--m1-hidden", type=int, nargs="+", default=[400])
+    p.add_argument("--m1-feature", default="sample", choices=("sample", "mean"))
     p.add_argument("--baseline-steps", type=int, default=500)
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--device", default="cpu")
@@ -122,6 +190,7 @@ def main(argv=None) -> int:
     if args.tiny:
         args.datasets, args.seeds, args.steps, args.batch_size = ["digits"], [0], 20, 40
         args.hidden, args.latent_dim, args.baseline_steps = [32], 4, 20
+        args.m1_steps, args.m1_latent_dim, args.m1_hidden = 20, 4, [32]
     if args.labels_per_class < 1:
         p.error("--labels-per-class must be >= 1")
     out = Path(args.out)
@@ -129,20 +198,29 @@ def main(argv=None) -> int:
     rows = []
     for name, (data, spec) in datasets(args.datasets).items():
         for seed in args.seeds:
-            acc_m2, ssl, secs = run_m2(name, data, spec, seed, args, out)
-            acc_sup = supervised_baseline(ssl, tuple(args.hidden), args.net, args.baseline_steps, args.lr,
-                                          args.weight_decay, seed)
+            ssl = SemiSupervised(data, args.labels_per_class, args.labelled_fraction, seed)
             row = {"data": name, "seed": seed, "labels": int(len(ssl.labelled)), "unlabelled": int(len(ssl.unlabelled)),
-                   "test_examples": int(len(ssl.test_set()[1])), "m2_accuracy": acc_m2,
-                   "supervised_accuracy": acc_sup, "m2_train_s": round(secs, 1)}
+                   "test_examples": int(len(ssl.test_set()[1]))}
+            if "m2" in args.methods:
+                acc_m2, _, secs = run_m2(name, data, spec, seed, args, out)
+                row.update(m2_accuracy=acc_m2, m2_train_s=round(secs, 1))
+            if "m1m2" in args.methods:
+                acc, acc_codes, secs = run_m1m2(name, data, spec, seed, args, out)
+                row.update(m1m2_accuracy=acc, m1_classifier_accuracy=acc_codes, m1m2_train_s=round(secs, 1))
+            row["supervised_accuracy"] = supervised_baseline(ssl, tuple(args.hidden), args.net, args.baseline_steps,
+                                                             args.lr, args.weight_decay, seed)
             rows.append(row)
             print(json.dumps(row), flush=True)
     (out / "results.json").write_text(json.dumps({"settings": vars(args), "rows": rows}, indent=2) + "\n")
-    lines = ["# M2 vs. a classifier on the labelled points alone (held-out accuracy)", "",
+    columns = [(k, title) for k, title in COLUMNS if rows and k in rows[0]]
+    lines = ["# M2 and M1+M2 vs. a classifier on the labelled points alone (held-out accuracy)", "",
              f"{args.labels_per_class} labels per class; M2: {args.steps} steps, batch {args.batch_size} "
              f"({args.labelled_fraction:g} labelled), alpha {args.alpha:g}, MLP {tuple(args.hidden)}, z dim {args.latent_dim}; "
-             f"classifier alone: {args.baseline_steps} full-batch Adam steps, weight decay {args.weight_decay:g}.", "",
-             "| data | labels | unlabelled | seeds | M2 accuracy | classifier alone |", "|---|---:|---:|---:|---:|---:|"]
+             f"M1+M2: M1 a VAE with z1 dim {args.m1_latent_dim}, MLP {tuple(args.m1_hidden)}, {args.m1_steps} steps, "
+             f"then the same M2 on z1 ({args.m1_feature} of q(z1|x)); "
+             f"classifiers: {args.baseline_steps} full-batch Adam steps, weight decay {args.weight_decay:g}.", "",
+             "| data | labels | unlabelled | seeds | " + " | ".join(t for _, t in columns) + " |",
+             "|---|---:|---:|---:|" + "---:|" * len(columns)]
     for name in dict.fromkeys(r["data"] for r in rows):
         rs = [r for r in rows if r["data"] == name]
 
@@ -150,9 +228,10 @@ def main(argv=None) -> int:
             v = [r[key] for r in rs]
             return f"{100 * statistics.mean(v):.1f} %" + (f" +- {100 * statistics.stdev(v):.1f}" if len(v) > 1 else "")
 
-        lines.append(f"| {name} | {rs[0]['labels']} | {rs[0]['unlabelled']} | {len(rs)} | {fmt('m2_accuracy')} | "
-                     f"{fmt('supervised_accuracy')} |")
+        lines.append(f"| {name} | {rs[0]['labels']} | {rs[0]['unlabelled']} | {len(rs)} | "
+                     + " | ".join(fmt(k) for k, _ in columns) + " |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
+    plot(rows, out / "accuracy.png")
     print("\n".join(lines))
     return 0
 

@@ -20,9 +20,13 @@ def test_tiny_semi_supervised(tmp_path):
     assert load_script("semi_supervised").main(["--tiny", "--out", str(out)]) == 0
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert [(r["data"], r["labels"]) for r in rows] == [("digits", 100)]
-    assert all(0.0 <= r[k] <= 1.0 for r in rows for k in ("m2_accuracy", "supervised_accuracy"))
+    assert all(0.0 <= r[k] <= 1.0 for r in rows
+               for k in ("m2_accuracy", "m1m2_accuracy", "m1_classifier_accuracy", "supervised_accuracy"))
     assert (out / "m2_digits_seed0" / "metrics.jsonl").read_text().strip()
-    assert "| digits | 100 |" in (out / "results.md").read_text()
+    assert (out / "m1m2_digits_seed0" / "metrics.jsonl").read_text().strip()
+    assert (out / "m1m2_digits_seed0" / "m1" / "metrics.jsonl").read_text().strip()
+    assert "| digits | 100 |" in (out / "results.md").read_text() and "M1+M2" in (out / "results.md").read_text()
+    assert (out / "accuracy.png").stat().st_size > 0
 
 
 def test_tiny_ladder_depth(tmp_path):

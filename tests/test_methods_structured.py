@@ -298,10 +298,12 @@ def cli(capsys, *argv):
     ("vq_vae", ["codes=2", "codebook_size=8"], {"commitment", "perplexity"}),
     ("vq_vae", ["codes=2", "codebook_size=8", "codebook_update=loss"], {"codebook", "commitment"}),
     ("m2", ["labels_per_class=2"], {"label_nll", "classification", "train_accuracy"}),
+    ("m1m2", ["labels_per_class=2", "m1_steps=2", "m1_latent_dim=3"], {"label_nll", "classification", "train_accuracy"}),
     ("ladder_vae", ["beta_schedule=linear:4"], {"kl_z1", "kl_z2", "kl_z3"}),
     ("hierarchical_vae", [], {"kl_z1", "kl_z2", "kl_z3"}),
     ("vlae", ["window=1", "pixel_channels=8"], set()),
     ("vlae", ["window=-1", "pixel_channels=8"], set()),
+    ("vlae", ["window=1", "pixel_channels=8", "prior=flow", "flow_hidden=8"], set()),
     ("pixel_vae", ["pixel_channels=8"], {"kl_z1", "kl_z2"}),
     ("vladder", [], {"kl_z1", "kl_z2", "kl_z3"}),
 ])

@@ -450,15 +450,22 @@ def test_cli_svae_gmm_train_evaluate_plot_resume(tmp_path, capsys):
     assert code == 2 and "K" in err and ">= 1" in err
 
 
+SLDS_ARGS = ("--method", "svae_slds", "--data", "bouncing_dot",
+             "--data-option", "num_sequences=12", "--data-option", "length=6", "--data-option", "width=5",
+             "--set", "hidden=6", "--set", "batch_size=4", "--set", "log_every=2", "--set", "meanfield_iters=4",
+             "--set", "refit_step=3", "--set", "kl_warmup=3", "--no-progress")
+
+
 def test_cli_svae_slds_smoke(tmp_path, capsys):
     out = tmp_path / "slds"
-    code, _, err = run(capsys, "train", "--method", "svae_slds", "--data", "bouncing_dot",
-                       "--data-option", "num_sequences=12", "--data-option", "length=6", "--data-option", "width=5",
-                       "--set", "hidden=6", "--set", "batch_size=4", "--set", "log_every=2", "--set", "meanfield_iters=4",
-                       "--steps", "4", "--out", str(out), "--no-progress")
+    code, _, err = run(capsys, "train", *SLDS_ARGS, "--steps", "4", "--out", str(out))
     assert code == 0, err
     rows = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [2, 4] and all(math.isfinite(r["elbo"]) for r in rows)
+    # KL warm-up: weights (1/3, 2/3) then (1, 1); the logged loss is D + beta R, the elbo -(D + R)
+    assert [r["beta"] for r in rows] == pytest.approx([0.5, 1.0])
+    assert rows[-1]["loss"] == pytest.approx(-rows[-1]["elbo"], rel=1e-5)
+    assert rows[0]["loss"] < -rows[0]["elbo"]
     assert {p.name for p in (out / "plots").iterdir()} >= {"states.png", "training.png"}
     code, _, err = run(capsys, "evaluate", str(out), "--metrics", "ari,nmi")
     assert code == 0, err
@@ -467,3 +474,41 @@ def test_cli_svae_slds_smoke(tmp_path, capsys):
     code, _, err = run(capsys, "train", "--method", "svae_slds", "--data", "pinwheel", "--steps", "2",
                        "--out", str(tmp_path / "bad"), "--no-progress", "--no-plots")
     assert code == 2 and "sequence data" in err
+    # a run resumed from a checkpoint before the refit step ends where the straight run does
+    part = tmp_path / "part"
+    assert run(capsys, "train", *SLDS_ARGS, "--steps", "2", "--out", str(part), "--no-plots", "--set", "checkpoint_every=2")[0] == 0
+    assert run(capsys, "train", "--out", str(part), "--resume", "--steps", "4", "--no-progress", "--no-plots")[0] == 0
+    strip = lambda d: [{k: v for k, v in json.loads(s).items() if k != "wall_s"}  # noqa: E731
+                       for s in (d / "metrics.jsonl").read_text().splitlines()]
+    assert strip(part) == strip(out)
+    if not any(d.platform == "gpu" for d in jax.devices()):
+        code, _, err = run(capsys, "train", *SLDS_ARGS, "--steps", "2", "--out", str(tmp_path / "gpu"), "--device", "cuda")
+        assert code == 2 and "JAX sees no GPU" in err
+
+
+def test_slds_refit_dynamics_from_inferred_increments():
+    """The refit gives A = I, one drift per k-means cluster of the inferred increments (so their
+    size-weighted mean is the mean increment), cluster covariances, prior HMM globals, zeroed moments."""
+    from metaprior.svae.slds import _kmeans_1axis, slds_dynamics, slds_infer, slds_refit_dynamics
+
+    pts = np.concatenate([np.full((5, 1), -1.0), np.full((7, 1), 2.0)]) + 0.01 * np.arange(12)[:, None]
+    labels = _kmeans_1axis(pts, 2)
+    assert len(set(labels[:5])) == 1 and len(set(labels[5:])) == 1 and labels[0] != labels[-1]
+
+    data = load("bouncing_dot", num_sequences=12, length=6, width=5)
+    spec = SLDSSVAE(obs_dim=5, num_states=2, latent_dim=1, hidden=(6,), meanfield_iters=2)
+    state = spec.init_state(jax.random.PRNGKey(0), data.x)
+    state = {**state, "globals": jax.tree_util.tree_map(lambda a: a + 1.0, state["globals"]),
+             "opt": {**state["opt"], "m": jax.tree_util.tree_map(jnp.ones_like, state["opt"]["m"])}}
+    new = slds_refit_dynamics(spec, state, data.x)
+    inc = np.diff(slds_infer(spec, state, data.x)["x_mean"][..., 0], axis=1).ravel()
+    A, b, Q, _, _ = (np.asarray(a) for a in slds_dynamics(new["net"]))
+    lab = _kmeans_1axis(inc[:, None].astype(np.float64), 2)
+    np.testing.assert_allclose(A, np.ones((2, 1, 1)))
+    np.testing.assert_allclose(np.sort(b[:, 0]), np.sort([inc[lab == k].mean() for k in range(2)]), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(np.sort(Q[:, 0, 0]), np.sort([inc[lab == k].var(ddof=1) + 1e-3 for k in range(2)]),
+                               rtol=1e-3, atol=2e-5)
+    for a, p in zip(jax.tree_util.tree_leaves(new["globals"]), jax.tree_util.tree_leaves(new["prior"])):
+        np.testing.assert_array_equal(a, p)
+    assert all(np.all(np.asarray(m) == 0) for m in jax.tree_util.tree_leaves(new["opt"]["m"]["dynamics"]))
+    assert all(np.all(np.asarray(m) == 1) for m in jax.tree_util.tree_leaves(new["opt"]["m"]["encoder"]))

@@ -78,11 +78,6 @@ class TrainConfig:
             raise ValueError(f"grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
         if self.device not in ("cpu", "cuda", "mps", "auto"):
             raise ValueError(f"device must be cpu, cuda, mps or auto, got {self.device!r}")
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError(
-                "device 'cuda' was asked for but torch sees no CUDA GPU (torch.cuda.is_available() is False); "
-                "install a CUDA build of torch (see README) or use --device cpu"
-            )
 
 
 class AuxiliaryUpdate(nn.Module):
@@ -180,6 +175,11 @@ class Trainer:
                  record: Mapping[str, Any] | None = None, aux_updates: Iterable[AuxiliaryUpdate] = ()):
         from lightning_fabric import Fabric
 
+        if config.device == "cuda" and not torch.cuda.is_available():  # (the JAX engine checks its own backend)
+            raise ValueError(
+                "device 'cuda' was asked for but torch sees no CUDA GPU (torch.cuda.is_available() is False); "
+                "install a CUDA build of torch (see README) or use --device cpu"
+            )
         self.pair, self.objective, self.data, self.config = pair, objective, data, config
         self.out = Path(out) if out is not None else None
         self.record = dict(record or {})

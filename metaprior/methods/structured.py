@@ -6,8 +6,10 @@ Recipes registered here (each a frozen dataclass, ``build(data) -> (pair, object
 * ``joint_vae``  -- JointVAE (Dupont 2018): continuous z and relaxed one-hot c with two capacities.
 * ``vq_vae``     -- VQ-VAE (van den Oord et al. 2017): nearest-codebook quantization, EMA or loss codebook.
 * ``m2``         -- semi-supervised M2 (Kingma et al. 2014), y enumerated exactly.
+* ``m1m2``       -- the stack M1+M2 (Kingma et al. 2014, sec. 2.3): M2 on the codes of a frozen VAE (M1).
 * ``ladder_vae`` / ``hierarchical_vae`` -- Ladder VAE (Sonderby et al. 2016) and the bottom-up hierarchy.
-* ``vlae``       -- Variational Lossy Autoencoder (Chen et al. 2017): PixelCNN decoder with a causal window.
+* ``vlae``       -- Variational Lossy Autoencoder (Chen et al. 2017): PixelCNN decoder with a causal window,
+                    optionally a learned autoregressive-flow prior.
 * ``pixel_vae``  -- PixelVAE (Gulrajani et al. 2017): two stochastic levels, shallow PixelCNN output.
 * ``vladder``    -- Variational Ladder Autoencoder (Zhao et al. 2017): latents injected at decoder depths.
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -29,9 +32,11 @@ from ..inference.elbo import ELBO
 from ..inference.enum_elbo import EnumELBO
 from ..inference.regularizers import CapacityGap, check_weight, rate
 from ..models.autoregressive import PixelCNNBernoulli, check_binary_data
+from ..models.flow_prior import AutoregressiveFlowPrior, FlowPriorVAE
 from ..models.joint_vae import JointVAE as JointVAEModel
 from ..models.ladder import HierarchicalVAE as HierarchicalModel
 from ..models.likelihoods import LIKELIHOODS, make_likelihood
+from ..models.m1m2 import FEATURES, M1Codes
 from ..models.m2 import M2 as M2Model, M2Classification
 from ..models.mixture_vae import MixturePrior, MixtureVAE, clusters_used
 from ..models.vae import VAE as VAEModel
@@ -39,7 +44,7 @@ from ..models.vladder import VariationalLadderAE
 from ..models.vq_vae import CODEBOOK_UPDATES, VQVAE as VQVAEModel, VectorQuantizer, codebook_perplexity
 from ..nets.conv import NETS, build_encoder_decoder
 from . import register
-from .base import GaussianVAE
+from .base import GaussianVAE, configure
 
 
 @dataclass(frozen=True)
@@ -236,12 +241,14 @@ class M2(StructuredRecipe):
 
     def build(self, data):
         ssl = self.semi_supervised(data)
-        k, shape = ssl.num_classes, ssl.observation_shape
+        return self._build_m2(ssl.num_classes, ssl.observation_shape, self.make_likelihood(ssl))
+
+    def _build_m2(self, k: int, shape, likelihood):
         h = self.hidden[-1] if self.hidden else 64
         classifier, _ = build_encoder_decoder(self.net, shape, k, 1, self.hidden)
         features, decoder = build_encoder_decoder(self.net, shape, h, self.latent_dim + k, self.hidden)
         encoder = ConditionalGaussianEncoder(features, h, k, self.latent_dim)
-        pair = M2Model(classifier, encoder, decoder, k, self.make_likelihood(ssl))
+        pair = M2Model(classifier, encoder, decoder, k, likelihood)
         terms = {"classification": (self.alpha, M2Classification(pair)),
                  "train_accuracy": (0.0, partial(_labelled_accuracy, pair=pair))}
         return pair, EnumELBO(terms=terms, label_sites=("y_l",))
@@ -304,6 +311,188 @@ class M2(StructuredRecipe):
                 y = F.one_hot(torch.arange(pair.num_classes).repeat(6), pair.num_classes).to(z.dtype)
                 paths.append(plots.image_grid(pair.decode(z, y), d / "samples.png", ncol=pair.num_classes,
                                               title="p(x | y, z): one z per row, y = 0.. per column"))
+        return paths
+
+
+@register("m1m2")
+@dataclass(frozen=True)
+class M1M2(M2):
+    """The stacked model M1+M2 (Kingma et al. 2014, sec. 2.3): M2 trained on the codes z1 of a frozen VAE M1.
+
+    Stage 1 trains M1, the ``vae`` recipe on x alone (``m1_latent_dim`` units, Kingma et al.:
+    50; ``m1_hidden``, ``m1_net``, ``m1_likelihood``) for ``m1_steps`` steps with the run's
+    batch size, learning rate and seed. Stage 2 freezes it and trains M2 exactly as the ``m2``
+    recipe does (same settings, TraceEnum objective, labelled/unlabelled batches, ``steps``
+    steps) with z1 in place of x and a Gaussian likelihood p(z1 | y, z2) (``likelihood``:
+    auto = learned scale per unit, starting at ``code_scale``). ``feature="sample"`` (default) feeds M2 a fresh draw of
+    q(z1|x) per example and step, as Kingma et al.'s code does; ``"mean"`` the posterior mean.
+    Held-out accuracy classifies the posterior mean of q(z1|x) with ``argmax q(y|z1)``
+    (:class:`~metaprior.models.m1m2.M1Codes`).
+
+    The run directory holds stage 2 (``config.json``, ``metrics.jsonl``, ``checkpoints/``) and
+    M1 in ``m1/``, itself a ``vae`` run directory (``metaprior evaluate RUN/m1``,
+    ``metaprior plot RUN/m1``); ``--resume`` finishes M1 if it was stopped, else continues M2.
+    ``metaprior evaluate RUN`` reports the test accuracy (and with ``--metrics accuracy,elbo``
+    M2's enumerated ELBO of the test codes z1, in nats per example of z1, not of x).
+    """
+
+    m1_latent_dim: int = 50
+    m1_hidden: tuple[int, ...] = (400,)
+    m1_net: str = "auto"
+    m1_likelihood: str = "auto"
+    m1_steps: int = 2000
+    feature: str = "sample"
+    code_scale: float = 1.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.m1_steps < 1:
+            raise ValueError(f"m1_steps must be >= 1, got {self.m1_steps}")
+        if self.feature not in FEATURES:
+            raise ValueError(f"unknown feature {self.feature!r}; valid: {', '.join(FEATURES)}")
+        if not self.code_scale > 0:
+            raise ValueError(f"code_scale (initial scale of p(z1 | y, z2)) must be > 0, got {self.code_scale}")
+        if self.likelihood == "bernoulli":
+            raise ValueError("likelihood is M2's p(z1 | y, z2) over real-valued M1 codes: use auto, gaussian or "
+                             "gaussian_learned (M1's own likelihood is m1_likelihood)")
+        if self.net not in ("auto", "mlp"):
+            raise ValueError(f"net={self.net!r}: M2's nets act on M1's code vectors, so they are MLPs (net=auto or mlp); "
+                             "M1's net is m1_net")
+        self.m1_method()  # validates m1_latent_dim, m1_net, m1_likelihood
+
+    def m1_method(self):
+        from . import METHODS
+
+        try:
+            return configure(METHODS["vae"], {"latent_dim": self.m1_latent_dim, "hidden": tuple(self.m1_hidden),
+                                              "net": self.m1_net, "likelihood": self.m1_likelihood,
+                                              "obs_scale": self.obs_scale})
+        except ValueError as e:
+            raise ValueError(f"M1 (m1_* settings): {e}") from None
+
+    def codes(self, m1_pair, data) -> M1Codes:
+        """M1's codes of every example of ``data`` as semi-supervised batches for M2."""
+        m1_pair.eval()
+        return M1Codes.from_encoder(m1_pair.encode, data, self.labels_per_class, self.labelled_fraction,
+                                    self.label_seed, self.feature)
+
+    def build(self, data):
+        # ``load_run`` hands over the raw data set: the M2 part only needs the code space's shape
+        k = data.num_classes if isinstance(data, M1Codes) else self.semi_supervised(data).num_classes
+        shape = (self.m1_latent_dim,)
+        return self._build_m2(k, shape, make_likelihood(self.likelihood, shape, False, self.code_scale))
+
+    # -- two stages, one run directory --------------------------------------------------------
+    def train_run(self, data, train_cfg, out, record, resume: bool = False):
+        import json
+        from dataclasses import asdict
+
+        from ..inference.trainer import TrainingError, checkpoints, versions
+
+        out = Path(out)
+        if not resume:
+            if out.exists() and ((out / "config.json").exists() or checkpoints(out) or (out / "m1").exists()):
+                raise TrainingError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+            # written now so that a run stopped during stage 1 can be resumed; stage 2's trainer rewrites it
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "config.json").write_text(json.dumps({**record, "train": asdict(train_cfg), "versions": versions()},
+                                                        indent=2, default=str) + "\n")
+            (out / "metrics.jsonl").write_text("")
+        m1_pair = self._train_m1(data, train_cfg, out / "m1", record)
+        m1_pair.requires_grad_(False)
+        codes = self.codes(m1_pair, data)
+        pair, last = self._train_m2(codes, train_cfg, out, record)
+        return {**last, "test_accuracy": round(accuracy(pair, codes), 4)}
+
+    def _train_m1(self, data, train_cfg, m1_dir: Path, record):
+        import dataclasses
+        import shutil
+
+        import pyro
+
+        from ..inference.trainer import Trainer, checkpoints
+        from ..runs import load_run, method_record
+
+        if checkpoints(m1_dir):
+            run = load_run(m1_dir)
+            if run.step >= self.m1_steps:
+                return run.pair
+        elif m1_dir.exists():  # stopped before its first checkpoint: start M1 again
+            shutil.rmtree(m1_dir)
+        m1 = self.m1_method()
+        cfg = dataclasses.replace(train_cfg, steps=self.m1_steps,
+                                  checkpoint_every=min(train_cfg.checkpoint_every, self.m1_steps))
+        m1_record = {**method_record("vae", m1), "data": record["data"],
+                     "stage": "M1 of an m1m2 run (Kingma et al. 2014, sec. 2.3)"}
+        pyro.set_rng_seed(train_cfg.seed)
+        pair, objective = m1.build(data)
+        Trainer(pair, objective, data, cfg, out=m1_dir, record=m1_record).fit(resume=bool(checkpoints(m1_dir)))
+        return pair.cpu()
+
+    def _train_m2(self, codes: M1Codes, train_cfg, out: Path, record):
+        import pyro
+
+        from ..inference.trainer import Trainer, checkpoints
+
+        resume = bool(checkpoints(out))
+        if not resume:  # replace stage 1's placeholder config.json (and empty log) by the trainer's
+            for name in ("config.json", "metrics.jsonl"):
+                (out / name).unlink(missing_ok=True)
+        pyro.set_rng_seed(train_cfg.seed + 1)  # M2's initial weights do not depend on how stage 1 ran
+        pair, objective = self.build(codes)
+        record = {**record, "semi_supervised": {"labelled": int(len(codes.labelled)),
+                                                "unlabelled": int(len(codes.unlabelled)),
+                                                "labelled_per_batch": codes.split(train_cfg.batch_size)[0]},
+                  "m1": {"run_dir": "m1", "steps": self.m1_steps, "feature": self.feature}}
+        last = Trainer(pair, objective, codes, train_cfg, out=out, record=record).fit(resume=resume)
+        return pair.cpu(), last
+
+    def _load_stack(self, run_dir):
+        from ..runs import load_run
+
+        run_dir = Path(run_dir)
+        if not (run_dir / "m1" / "config.json").exists():
+            raise FileNotFoundError(f"{run_dir / 'm1'} holds no M1 run; the m1m2 run in {run_dir} is incomplete "
+                                    f"(continue it with `metaprior train --resume --out {run_dir}`)")
+        m1 = load_run(run_dir / "m1")
+        return load_run(run_dir), m1, self.codes(m1.pair, m1.data)
+
+    def _load(self, run_dir):
+        run, _, codes = self._load_stack(run_dir)
+        return run, codes
+
+    def evaluate_run(self, run_dir, metrics=("accuracy",), seed: int = 0) -> dict:
+        out = super().evaluate_run(run_dir, metrics, seed)
+        for v in out.values():
+            v["settings"]["input"] = "posterior mean of M1's q(z1|x)"
+        return out
+
+    def plot_run(self, run_dir):
+        import torch
+        from torch.nn import functional as F
+
+        from .. import plots
+
+        run_dir = Path(run_dir)
+        run, m1, codes = self._load_stack(run_dir)
+        pair, d = run.pair, run_dir / "plots"
+        paths = [plots.training_curves(run_dir / "metrics.jsonl", d / "training.png"),
+                 plots.training_curves(run_dir / "m1" / "metrics.jsonl", d / "m1_training.png")]
+        if len(m1.data.observation_shape) == 3:
+            with torch.no_grad():
+                x = torch.as_tensor(m1.data.test_observations(8, run.train.seed))
+                z1, _ = m1.pair.encode(x)
+                z2, _ = pair.encode(z1)
+                y = F.one_hot(pair.classify(z1), pair.num_classes).to(x.dtype)
+                recon = m1.pair.decode(pair.decode(z2, y))
+                paths.append(plots.image_grid(torch.cat([x, recon]), d / "reconstructions.png", ncol=len(x),
+                                              title="data (top); x -> z1 -> (y*, z2) -> z1 -> x (bottom)"))
+                g = torch.Generator().manual_seed(run.train.seed)
+                z2 = torch.randn(6, pair.latent_dim, generator=g).repeat_interleave(pair.num_classes, 0)
+                y = F.one_hot(torch.arange(pair.num_classes).repeat(6), pair.num_classes).to(z2.dtype)
+                paths.append(plots.image_grid(m1.pair.decode(pair.decode(z2, y)), d / "samples.png",
+                                              ncol=pair.num_classes,
+                                              title="M1 decoder at the mean of p(z1 | y, z2): one z2 per row, y = 0.."))
         return paths
 
 
@@ -414,20 +603,42 @@ class VLAE(GaussianVAE):
     (Chen et al.'s information-preference argument, their sec. 3.1). PixelCNN:
     ``pixel_channels`` wide, ``pixel_layers`` 1x1 layers after the masked window convolution.
     Needs binary single-channel images (digits: ``--data-option binarize=true``).
+
+    ``prior``: ``"normal"`` (N(0, I), analytic rate) or ``"flow"``, Chen et al.'s learned
+    autoregressive-flow prior (their sec. 3.2; :mod:`metaprior.models.flow_prior`):
+    ``flow_layers`` MADE-masked affine autoregressive layers of ``flow_hidden`` units, starting
+    at the identity (so at step 0 it is N(0, I)) and trained with the rest of the model. With
+    the flow the rate is the Monte Carlo ``log q(z|x) - log p(z)`` at the posterior sample
+    (no closed-form KL exists), still logged as ``rate``.
     """
 
     window: int = 2
     pixel_channels: int = 32
     pixel_layers: int = 2
+    prior: str = "normal"
+    flow_layers: int = 2
+    flow_hidden: tuple[int, ...] = (64,)
 
     def __post_init__(self):
         super().__post_init__()
         _check_pixel_settings(self)
+        if self.prior not in VLAE_PRIORS:
+            raise ValueError(f"unknown prior {self.prior!r}; valid: {', '.join(VLAE_PRIORS)}")
+        if self.flow_layers < 1:
+            raise ValueError(f"flow_layers must be >= 1, got {self.flow_layers}")
+        if not self.flow_hidden or min(self.flow_hidden) < 1:
+            raise ValueError(f"flow_hidden must be one or more positive layer sizes, got {self.flow_hidden}")
 
     def build_model(self, data) -> nn.Module:
         lik = _pixelcnn(self, data)
         enc, dec = build_encoder_decoder(self.net, data.observation_shape, 2 * self.latent_dim, self.latent_dim, self.hidden)
+        if self.prior == "flow":
+            flow = AutoregressiveFlowPrior(self.latent_dim, self.flow_layers, self.flow_hidden)
+            return FlowPriorVAE(enc, dec, self.latent_dim, lik, flow)
         return VAEModel(enc, dec, self.latent_dim, lik)
+
+
+VLAE_PRIORS = ("normal", "flow")
 
 
 @register("pixel_vae")

@@ -31,6 +31,27 @@ def _jitted(fn):
     return _JITS[fn]
 
 
+def jax_device(device: str):
+    """``jax.default_device`` for the command's ``--device`` (cpu, cuda, auto), with a clear error when
+    JAX has no GPU backend (the CPU wheel of jax; ``pip install "jax[cuda12]"`` adds one)."""
+    import jax
+
+    if device in (None, "auto"):
+        return jax.default_device(None)
+    if device == "cpu":
+        return jax.default_device(jax.devices("cpu")[0])
+    if device == "cuda":
+        try:
+            gpus = jax.devices("gpu")
+        except RuntimeError:
+            gpus = []
+        if not gpus:
+            raise RuntimeError("--device cuda: JAX sees no GPU (this jax is CPU-only); install a CUDA build, "
+                               "e.g. pip install 'jax[cuda12]', or train with --device cpu")
+        return jax.default_device(gpus[0])
+    raise ValueError(f"the JAX engine supports --device cpu, cuda or auto, got {device!r}")
+
+
 class _Flat:
     """A data set whose examples are flattened to vectors (for the GMM-SVAE on images)."""
 
@@ -60,7 +81,8 @@ class _SVAERecipe:
         from metaprior.svae.engine import train
 
         spec = self.spec(data)
-        res = train(spec, self.train_data(data), train_cfg, out=out, record=record, resume=resume)
+        with jax_device(train_cfg.device):
+            res = train(spec, self.train_data(data), train_cfg, out=out, record=record, resume=resume)
         if not res.last_metrics and out is not None:  # resumed at or past the end
             rows = [r for r in Path(out, "metrics.jsonl").read_text().splitlines() if r.strip()]
             return json.loads(rows[-1]) if rows else {"step": res.step}
@@ -307,6 +329,8 @@ class SVAESLDS(_SVAERecipe):
     stickiness: float = 10.0
     natgrad_step: float = 0.1
     drift_init: float = 0.5
+    refit_step: int = 1000
+    kl_warmup: int = 1000
 
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(self.hidden))
@@ -322,7 +346,8 @@ class SVAESLDS(_SVAERecipe):
         return SLDSSVAE(obs_dim=obs_dim, num_states=self.num_states, latent_dim=self.latent_dim, hidden=self.hidden,
                         likelihood=likelihood, obs_scale=self.obs_scale, meanfield_iters=self.meanfield_iters,
                         alpha=self.alpha, stickiness=self.stickiness, natgrad_step=self.natgrad_step,
-                        drift_init=self.drift_init)
+                        drift_init=self.drift_init, refit_step=self.refit_step if self.num_states > 1 else 0,
+                        kl_warmup=self.kl_warmup)
 
     def spec(self, data):
         x = getattr(data, "x", None)

@@ -2,7 +2,9 @@
 
 A *spec* (e.g. :class:`~metaprior.svae.gmm.GMMSVAE`, :class:`~metaprior.svae.slds.SLDSSVAE`)
 is a frozen, hashable dataclass with ``init_state(key, x) -> state`` (``x``: up to 1024 training examples, for data-dependent initialisation),
-``train_step(state, x, key, lr, num_data) -> (state, terms)`` and ``metric_names``. One
+``train_step(state, x, key, lr, num_data) -> (state, terms)`` and ``metric_names``; optionally
+``refit_step`` and ``refit(state, x) -> state``, applied once before step ``refit_step`` to the
+same data sample as ``init_state``. One
 jit-compiled function runs a step and adds its terms to an on-device accumulator, so a step
 is one dispatch (see ``../shared/PITFALLS.md``: jit the update).
 
@@ -183,8 +185,13 @@ def train(spec, data, config, out=None, record: Mapping[str, Any] | None = None,
             raise TrainingError(f"non-finite loss terms {bad} between steps {step - acc_n} and {step}{where}. "
                                 "Lower lr or natgrad_step, or check the data")
 
+    refit_at = int(getattr(spec, "refit_step", 0) or 0)
     try:
         while step < cfg.steps:
+            if refit_at and step == refit_at:  # a one-off re-initialization (e.g. the SLDS dynamics)
+                sample = np.ascontiguousarray(data.batch(0, min(num_data, max(cfg.batch_size, 1024)), cfg.seed),
+                                              dtype=np.float32)
+                state = spec.refit(state, sample)
             x = np.ascontiguousarray(data.batch(step, cfg.batch_size, cfg.seed), dtype=np.float32)
             key = jax.random.fold_in(base_key, step)
             state, acc = _step(spec, state, acc, x, key, lr, n_arr)

@@ -99,7 +99,7 @@ __all__ = [
 ]
 
 _LOG_2PI = math.log(2.0 * math.pi)
-METRICS = ("loss", "elbo", "rate", "distortion", "kl_local", "kl_global")
+METRICS = ("loss", "elbo", "rate", "distortion", "kl_local", "kl_global", "beta")
 
 
 @dataclass(frozen=True)
@@ -114,6 +114,12 @@ class SLDSSVAE:
     alpha: Dirichlet concentration of the initial-state and transition rows; stickiness:
       extra concentration on the diagonal of the transition prior (Fox et al. 2011).
     natgrad_step: natural-gradient step size rho in (0, 1] for the HMM globals.
+    refit_step: before this step (> 0) the training engine calls :meth:`refit` once, which
+      re-initializes the switching dynamics from the latent paths the networks have learned
+      by then (0: never; see :func:`slds_refit_dynamics`).
+    kl_warmup: the rate's weight rises linearly from 0 to 1 over this many steps (0: none);
+      the logged ``loss`` is the weighted objective, ``elbo`` the ELBO itself. Without it the
+      one-hot frames of ``bouncing_dot`` collapse the posterior for the first 1000-2500 steps.
     """
 
     obs_dim: int
@@ -127,9 +133,15 @@ class SLDSSVAE:
     stickiness: float = 10.0
     natgrad_step: float = 0.1
     drift_init: float = 0.5
+    refit_step: int = 0
+    kl_warmup: int = 0
 
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        if int(self.refit_step) != self.refit_step or self.refit_step < 0:
+            raise ValueError(f"refit_step must be an integer >= 0 (0: never), got {self.refit_step}")
+        if int(self.kl_warmup) != self.kl_warmup or self.kl_warmup < 0:
+            raise ValueError(f"kl_warmup must be an integer >= 0 (0: none), got {self.kl_warmup}")
         if int(self.num_states) != self.num_states or self.num_states < 1:
             raise ValueError(f"num_states (K) must be an integer >= 1, got {self.num_states}")
         if self.latent_dim < 1 or self.obs_dim < 1:
@@ -189,6 +201,10 @@ class SLDSSVAE:
         """One step (see :func:`slds_train_step`)."""
         return slds_train_step(self, state, x, key, lr, num_data)
 
+    def refit(self, state, x):
+        """The state with its dynamics re-initialized from sequences ``x`` (see :func:`slds_refit_dynamics`)."""
+        return slds_refit_dynamics(self, state, x)
+
 
 def slds_prior(num_states: int, alpha=1.0, stickiness=10.0):
     """Dirichlet natural parameters ``{"init": (K,), "trans": (K, K)}`` of the HMM prior."""
@@ -200,7 +216,10 @@ def slds_prior(num_states: int, alpha=1.0, stickiness=10.0):
             "trans": dirichlet_standard_to_natural(trans)}
 
 
-def _pd_from_raw(raw, floor=1e-4):
+_PD_FLOOR = 1e-4
+
+
+def _pd_from_raw(raw, floor=_PD_FLOOR):
     """``L L^T + floor I`` with ``L = tril(raw, -1) + diag(exp(diag(raw)))``."""
     d = raw.shape[-1]
     eye = jnp.eye(d, dtype=raw.dtype)
@@ -410,18 +429,93 @@ def slds_natural_gradient(glob, prior, local: SLDSLocal, num_data):
     return jax.tree_util.tree_map(lambda t, g: t - g, target, glob)
 
 
+def slds_kl_weight(spec: SLDSSVAE, state):
+    """The rate's weight at this step: ``min(1, (t + 1) / kl_warmup)`` with ``t`` the Adam step count
+    (linear KL warm-up, Bowman et al. 2016; Sonderby et al. 2016), 1 without warm-up."""
+    if not spec.kl_warmup:
+        return jnp.float32(1.0)
+    return jnp.minimum(1.0, (state["opt"]["t"] + 1.0) / spec.kl_warmup)
+
+
 def slds_train_step(spec: SLDSSVAE, state, x, key, lr, num_data):
     """Adam on networks and dynamics (gradient of ``-elbo``), natural gradient on the HMM globals."""
 
+    beta = slds_kl_weight(spec, state)
+
     def loss_fn(net):
         terms, local = slds_svae_elbo(spec, {**state, "net": net}, x, key, num_data, return_local=True)
-        return terms["loss"], (terms, local)
+        loss = terms["distortion"] + beta * terms["rate"]
+        return loss, ({**terms, "loss": loss, "beta": beta}, local)
 
     grads, (terms, local) = jax.grad(loss_fn, has_aux=True)(state["net"])
     net, opt = adam_update(grads, state["opt"], state["net"], lr)
     direction = slds_natural_gradient(state["globals"], state["prior"], local, num_data)
     glob = jax.tree_util.tree_map(lambda g, d: g + spec.natgrad_step * d, state["globals"], direction)
     return {**state, "net": net, "opt": opt, "globals": glob}, terms
+
+
+def _kmeans_1axis(points: np.ndarray, K: int, iters: int = 50) -> np.ndarray:
+    """Deterministic k-means labels of ``points`` (n, d), started at the quantiles of the first principal axis."""
+    centred = points - points.mean(0)
+    axis = np.linalg.svd(centred, full_matrices=False)[2][0] if len(points) > 1 else np.ones(points.shape[1])
+    proj = centred @ axis
+    centres = np.stack([points[np.argmin(np.abs(proj - q))] for q in np.quantile(proj, (np.arange(K) + 0.5) / K)])
+    labels = np.zeros(len(points), np.int64)
+    for _ in range(iters):
+        labels = np.argmin(((points[:, None, :] - centres[None]) ** 2).sum(-1), 1)
+        new = np.stack([points[labels == k].mean(0) if np.any(labels == k) else centres[k] for k in range(K)])
+        if np.allclose(new, centres):
+            break
+        centres = new
+    return labels
+
+
+def slds_refit_dynamics(spec: SLDSSVAE, state, x, mask=None, floor: float = 1e-3):
+    """Re-initialize the switching dynamics from the latent paths the networks infer for ``x``.
+
+    Switching models fall into a "rich get richer" optimum early in training: while the
+    recognition network is still poor, one state explains every transition, the other states'
+    responsibilities fall to ~0, their dynamics stop receiving gradient and the Dirichlet
+    counts of the HMM make the collapse permanent (on ``bouncing_dot`` the latent path ends up
+    tracking the position with correlation 0.99 while one state with a broad noise covariance
+    explains both directions). This refit is the SLDS analogue of the k-means initialization
+    of mixture models (as :mod:`metaprior.svae.gmm` does for the GMM-SVAE), applied once the
+    encoder carries the signal: smoothed means ``m_t`` of ``q(x)`` for ``x`` give the
+    increments ``m_t - m_{t-1}``; k-means (K clusters) groups them; state k gets
+    ``A_k = I``, ``b_k`` = its cluster's mean increment and ``Q_k`` = the cluster covariance
+    (+ ``floor`` I); the HMM globals return to the prior and the dynamics' Adam moments to 0.
+    Deterministic in ``(state, x)``, so a resumed run refits exactly as an uninterrupted one.
+    With ``K = 1`` the state is returned unchanged.
+    """
+    K, d = spec.num_states, spec.latent_dim
+    if K < 2:
+        return state
+    xs, m = prepare_sequences(x, mask, spec.obs_dim)
+    means = np.asarray(_infer_jit(spec, state, xs, m).means, np.float64)
+    valid = np.asarray(m)
+    pair = valid[:, 1:] & valid[:, :-1]
+    inc = (means[:, 1:] - means[:, :-1])[pair]
+    if len(inc) < K:
+        raise ValueError(f"refit needs at least K = {K} valid transitions, got {len(inc)}")
+    labels = _kmeans_1axis(inc, K)
+    b = np.zeros((K, d))
+    Q = np.broadcast_to(np.cov(inc.T).reshape(d, d) + floor * np.eye(d), (K, d, d)).copy()
+    for k in range(K):
+        sel = inc[labels == k]
+        if len(sel):
+            b[k] = sel.mean(0)
+        if len(sel) > d:
+            Q[k] = np.cov(sel.T).reshape(d, d) + floor * np.eye(d)
+    L = np.linalg.cholesky(Q - _PD_FLOOR * np.eye(d))  # _pd_from_raw adds _PD_FLOOR I back (floor > _PD_FLOOR)
+    raw = np.tril(L, -1) + np.eye(d) * np.log(np.diagonal(L, axis1=-2, axis2=-1))[..., None, :]
+    dyn = dict(state["net"]["dynamics"])
+    dtype = dyn["A"].dtype
+    dyn.update(A=jnp.broadcast_to(jnp.eye(d, dtype=dtype), (K, d, d)), b=jnp.asarray(b, dtype), Q_raw=jnp.asarray(raw, dtype))
+    net = {**state["net"], "dynamics": dyn}
+    opt = dict(state["opt"])
+    for moment in ("m", "v"):
+        opt[moment] = {**opt[moment], "dynamics": jax.tree_util.tree_map(jnp.zeros_like, opt[moment]["dynamics"])}
+    return {**state, "net": net, "opt": opt, "globals": state["prior"]}
 
 
 def _infer(spec, state, x, mask):
