@@ -31,7 +31,29 @@ Commands:
     python experiments/fair_representation.py --out runs/fair                # full CPU setting (below)
     python experiments/fair_representation.py --out runs/fair_gpu --net conv64 --steps 30000 --device cuda  # not run
 
-RESULTS (full setting, run once; filled in below after the run).
+The full setting: 7 runs x 1000 steps (64,000 images, a tenth of one pass over the grid),
+MMD weights 100, 1000, 10000, HSIC weights 10000, 100000; 337 s of CPU time in all (880 s
+wall on the shared, loaded 2-core machine; one torch thread). Measured (test sets; chance
+0.333; copy in experiments/results/fair_representation/):
+
+    method     weight  s_acc LR  s_acc RF  r2_other  r2 scale  r2 pos_x  r2 pos_y  test ELBO
+    vae             0     0.531     0.597     0.650     0.412     0.792     0.746     -109.7
+    cvae            0     0.507     0.582     0.647     0.417     0.797     0.728     -108.3
+    vfae_mmd      100     0.444     0.518     0.680     0.439     0.830     0.771     -110.4
+    vfae_mmd     1000     0.378     0.553     0.624     0.298     0.749     0.824     -125.6
+    vfae_mmd    10000     0.383     0.512     0.545     0.017     0.754     0.864     -194.3
+    vfae_hsic   10000     0.403     0.519     0.642     0.377     0.859     0.691     -116.5
+    vfae_hsic  100000     0.470     0.533     0.525     0.294     0.675     0.606     -485.1
+
+(orientation R^2 is -0.005 +- 0.003 for every model.) What it says: conditioning alone
+barely purges s (cvae 0.51 vs vae 0.53 for the linear probe); the MMD penalty brings the
+linear probe close to chance (0.38 at weight 1000) while position stays as predictable as
+before and the ELBO drops by 17 nats; past that the penalty buys no more invariance but
+destroys scale (R^2 0.02 at 10000) -- scale and shape are entangled in these codes. HSIC
+reaches 0.40 at 10000 with a smaller ELBO cost; at 100000 training degraded (ELBO -485).
+The non-linear random-forest probe still finds shape well above chance (0.51-0.55) in
+every penalized model: the minibatch penalties (64 codes, ~21 per shape) remove the
+linearly visible dependence first. One seed and 1000 steps: differences of ~0.02 in accuracy are within noise.
 """
 from __future__ import annotations
 

@@ -175,7 +175,7 @@ def metrics_rows(out):
 def test_cli_train_evaluate_plot(tmp_path, method, settings):
     out = tmp_path / method
     sets = ["net=mlp", "latent_dim=4", "hidden=16", "critic_hidden=16", "batch_size=8", "log_every=5", "lambda_warmup=10",
-            "lr=3e-3", *settings]
+            "lambda_=2", "lr=3e-3", *settings]
     argv = ["train", "--method", method, "--data", "dsprites", "--steps", "30", "--out", str(out), "--no-progress",
             "--no-plots"]
     for s in sets:
@@ -187,7 +187,7 @@ def test_cli_train_evaluate_plot(tmp_path, method, settings):
     for key in ["loss", "rate", "distortion", "attributecritic_loss", *terms, *[f"{t}_weight" for t in terms]]:
         assert key in rows[-1], key
     assert ("attribute_critic_accuracy" if "encoding=onehot" in settings else "attribute_critic_mse") in rows[-1]
-    assert rows[0]["adversarial_weight"] < rows[-1]["adversarial_weight"] == 1.0  # linear warm-up to lambda_
+    assert rows[0]["adversarial_weight"] < rows[-1]["adversarial_weight"] == 2.0  # linear warm-up to lambda_
     recipe = configure(METHODS[method], {k: v for k, v in (s.split("=") for s in sets) if k not in
                                          ("batch_size", "log_every", "lr")})
     ev = recipe.evaluate_run(out, metrics=("critic_accuracy", "distortion") + (("classifier_accuracy",)

@@ -1,12 +1,15 @@
 """The ELBO with rate/distortion reporting and the survey's regularizer hook (eq. 5).
 
-    loss = D + beta(t) * R + sum_k w_k(t) * T_k - sum_f F_f                        (per example)
+    loss = w_D * D + beta(t) * R + sum_k w_k(t) * T_k - sum_f F_f                  (per example)
 
 with distortion ``D = E_q[-log p(x | z)]`` (observed sites), rate
 ``R = E_x KL(q(z | x) || p(z))`` (latent sites; analytic where torch knows the KL of
 the pair, Monte Carlo ``log q - log p`` otherwise), named regularizer terms ``T_k``
 (the R1 / R2 of Tschannen et al. 2018, eq. 5) with weights or schedules ``w_k``, and
 any ``pyro.factor`` sites ``F_f`` the model itself declares, each logged by its name.
+``w_D`` (``distortion_weight``, default 1, logged when given) lets a method that replaces the pixel
+reconstruction by another one (VAE-GAN's feature-space distortion) keep D logged but
+down-weighted.
 With beta = 1 and no terms this is the negative ELBO of Kingma & Welling (2014, eq. 3);
 beta != 1 is the beta-VAE objective (Higgins et al. 2017, eq. 4).
 
@@ -120,6 +123,7 @@ class ELBO:
     analytic_kl: bool = True
     num_particles: int = 1
     data_plate: str = "data"
+    distortion_weight: float | None = None
 
     def __post_init__(self):
         self.beta = as_schedule(self.beta)
@@ -133,10 +137,16 @@ class ELBO:
         self.terms = checked
         if int(self.num_particles) < 1:
             raise ValueError(f"num_particles must be >= 1, got {self.num_particles}")
+        if self.distortion_weight is not None and not float(self.distortion_weight) >= 0:
+            raise ValueError(f"distortion_weight must be >= 0, got {self.distortion_weight}")
 
     def weights(self, step: int) -> dict[str, float]:
-        """The weights at ``step``: ``beta`` and ``<term>_weight`` per term (logged beside the terms' values)."""
-        return {"beta": self.beta(step), **{f"{k}_weight": w(step) for k, (w, _) in self.terms.items()}}
+        """The weights at ``step``: ``beta``, ``<term>_weight`` per term (logged beside the terms' values) and
+        ``distortion_weight`` when one was given."""
+        out = {"beta": self.beta(step), **{f"{k}_weight": w(step) for k, (w, _) in self.terms.items()}}
+        if self.distortion_weight is not None:
+            out["distortion_weight"] = float(self.distortion_weight)
+        return out
 
     def __call__(self, model, guide, *args, step: int = 0, dataset_size: int | None = None, **kwargs) -> ELBOResult:
         total, parts, ctx = None, {}, None
@@ -182,7 +192,8 @@ class ELBO:
         if not torch.is_tensor(rate):
             rate = torch.zeros_like(distortion)
         beta = self.beta(step)
-        loss = distortion + beta * rate
+        w_d = self.distortion_weight
+        loss = (distortion if w_d is None or w_d == 1.0 else w_d * distortion) + beta * rate
         parts = {"elbo": -(distortion + rate).detach(), "rate": rate.detach(), "distortion": distortion.detach()}
         ctx = TermContext(model_trace, guide_trace, args, kwargs, step, normalizer, dataset_size)
         for name, (weight, term) in self.terms.items():

@@ -111,7 +111,12 @@ class _Autoencoder(_WithCritic):
         lik = make_likelihood(self.likelihood, data.observation_shape, data.is_binary, self.obs_scale)
         d = self.latent_dim
         enc, dec = build_encoder_decoder(self.net, data.observation_shape, d if self.deterministic else 2 * d, d, self.hidden)
-        return Autoencoder(enc, dec, d, lik, self.make_prior(), self.deterministic)
+        return self.autoencoder(enc, dec, d, lik, self.make_prior(), self.deterministic)
+
+    def autoencoder(self, *args) -> nn.Module:
+        """The model/guide pair built from ``(encoder, decoder, latent_dim, likelihood, prior, deterministic)``;
+        a variant of the autoencoder (e.g. the denoising one) overrides this."""
+        return Autoencoder(*args)
 
 
 @register("ae")

@@ -6,8 +6,6 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..models.denoising import DenoisingAutoencoder, check_corruption
-from ..models.likelihoods import make_likelihood
-from ..nets.conv import build_encoder_decoder
 from . import register
 from .adversarial import _Autoencoder
 
@@ -34,9 +32,5 @@ class DAE(_Autoencoder):
         super().__post_init__()
         check_corruption(self.corruption, self.noise)
 
-    def build_model(self, data) -> nn.Module:
-        lik = make_likelihood(self.likelihood, data.observation_shape, data.is_binary, self.obs_scale)
-        d = self.latent_dim
-        enc, dec = build_encoder_decoder(self.net, data.observation_shape, d if self.deterministic else 2 * d, d, self.hidden)
-        return DenoisingAutoencoder(enc, dec, d, lik, self.make_prior(), self.deterministic,
-                                    corruption=self.corruption, noise=self.noise)
+    def autoencoder(self, *args) -> nn.Module:
+        return DenoisingAutoencoder(*args, corruption=self.corruption, noise=self.noise)

@@ -34,9 +34,11 @@ Recipe ``vfae`` (:class:`VFAE`). What is implemented, precisely:
 * ``penalty_weight`` is the survey's beta on the penalty (Louizos et al.'s beta); the rate
   keeps GaussianVAE's ``beta`` (1: the ELBO). Our losses are nats *per example* while the
   penalty is a batch-level statistic (MMD^2 <= 2 and HSIC_b <= 1 for RBF kernels), so the
-  useful weights are large: the default 1000 (MMD) made the shape of dSprites linearly
-  unpredictable from z in ``experiments/fair_representation.py``; weights are not
-  comparable with Louizos et al.'s, whose ELBO is a minibatch *sum*.
+  useful weights are large. In ``experiments/fair_representation.py`` (dSprites, s = shape,
+  MLP, 1000 steps) the default 1000 (MMD) lowered the logistic probe's shape accuracy from
+  0.51 (weight 0) to 0.38 (chance 0.33) for 17 nats of test ELBO; 10000 wiped out scale;
+  HSIC needed about 10000. These weights are not comparable with Louizos et al.'s, whose
+  ELBO is a minibatch *sum*.
 * Not implemented: the semi-supervised part of the VFAE (labels y, the second latent z2 and
   the M1+M2-style classifier of Louizos et al. sec. 2.2). This is the unsupervised VFAE:
   z = their z1.

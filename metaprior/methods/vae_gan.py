@@ -41,36 +41,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from pyro.distributions.util import scale_and_mask
 
-from ..inference.elbo import ELBO, sample_sites
+from ..inference.elbo import ELBO
 from ..inference.regularizers import check_weight
 from ..models.vae_gan import FeatureDistortion, PixelCritic
 from . import register
 from .adversarial import _WithCritic
-
-
-@dataclass
-class PixelWeightedELBO(ELBO):
-    """The :class:`~metaprior.inference.elbo.ELBO` with the distortion weighted by ``distortion_weight``.
-
-    The logged ``distortion`` stays the pixel-space ``E[-log p(x|z)]``; the loss counts it
-    ``distortion_weight`` times (logged as ``distortion_weight``).
-    """
-
-    distortion_weight: float = 1.0
-
-    def weights(self, step: int) -> dict[str, float]:
-        return {**super().weights(step), "distortion_weight": float(self.distortion_weight)}
-
-    def _particle(self, model, guide, args, kwargs, step, dataset_size):
-        loss, parts, ctx = super()._particle(model, guide, args, kwargs, step, dataset_size)
-        if self.distortion_weight != 1.0:
-            log_lik = sum(scale_and_mask(s["fn"].log_prob(s["value"]), s["scale"], s["mask"]).sum()
-                          for _, s in sample_sites(ctx.model_trace)
-                          if s["is_observed"] and type(s["fn"]).__name__ != "Unit")
-            loss = loss + (self.distortion_weight - 1.0) * (-log_lik / ctx.num_examples)
-        return loss, parts, ctx
 
 
 @register("vae_gan")
@@ -113,10 +89,10 @@ class VAEGAN(_WithCritic):
         critic = self.make_critic(data, pair)
         return {"feature_distortion": (self.gamma, FeatureDistortion(critic)), "adversarial": (self.lambda_gan, critic)}
 
-    def objective(self, data, pair=None) -> PixelWeightedELBO:
-        return PixelWeightedELBO(beta=self.beta_weight(), terms=self.terms(data, pair), analytic_kl=self.analytic_kl,
+    def objective(self, data, pair=None) -> ELBO:
+        return ELBO(beta=self.beta_weight(), terms=self.terms(data, pair), analytic_kl=self.analytic_kl,
                                  num_particles=self.num_particles, distortion_weight=self.pixel_weight)
 
-    def build(self, data) -> tuple[torch.nn.Module, PixelWeightedELBO]:
+    def build(self, data) -> tuple[torch.nn.Module, ELBO]:
         pair = self.build_model(data)
         return pair, self.objective(data, pair)
