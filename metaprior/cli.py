@@ -210,7 +210,10 @@ def cmd_evaluate(args) -> int:
     if engine is not None:  # e.g. clustering quality of an SVAE run, accuracy of M2
         path = Path(args.run) / "eval.json"
         results = json.loads(path.read_text()) if path.exists() else {}
-        results.update(engine.evaluate_run(Path(args.run), metrics=metrics, seed=args.seed))
+        import inspect
+
+        extra = {"num_examples": args.num_examples} if "num_examples" in inspect.signature(engine.evaluate_run).parameters else {}
+        results.update(engine.evaluate_run(Path(args.run), metrics=metrics, seed=args.seed, **extra))
         path.write_text(json.dumps(results, indent=2) + "\n")
         print(json.dumps({k: v["value"] for k, v in results.items()}, indent=2))
         return 0

@@ -205,3 +205,12 @@ def test_iwae_increases_with_k_and_stays_below_exact_likelihood():
     bounds = [iwae_log_likelihood(vae.model, vae.guide, x, k, chunk_size=5000).mean().item() for k in (1, 10, 1000)]
     assert bounds[0] < bounds[1] < bounds[2] <= truth
     assert truth - bounds[2] < 0.1 * (truth - bounds[0])
+
+
+def test_until_schedule():
+    from metaprior.inference.schedules import parse_schedule
+
+    s = parse_schedule("until:2:3")
+    assert [s(t) for t in range(5)] == [2.0, 2.0, 2.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="until"):
+        parse_schedule("until:2")

@@ -88,6 +88,23 @@ class Cyclic(Schedule):
 WeightLike = Union[float, int, Schedule]
 
 
+@dataclass(frozen=True)
+class Until(Schedule):
+    """``value`` for steps ``< steps``, then 0 (e.g. the classification weight of the two-step method's
+    first stage, Hadad et al. 2018)."""
+
+    value: float
+    steps: int
+
+    def __post_init__(self):
+        _check_weight(self.value, "weight")
+        if int(self.steps) != self.steps or self.steps < 0:
+            raise ValueError(f"an 'until' schedule needs steps >= 0, got {self.steps}")
+
+    def __call__(self, step: int) -> float:
+        return float(self.value) if step < self.steps else 0.0
+
+
 def as_schedule(w: WeightLike) -> Schedule:
     if isinstance(w, Schedule):
         return w
@@ -97,7 +114,7 @@ def as_schedule(w: WeightLike) -> Schedule:
 
 
 def parse_schedule(spec: str) -> Schedule:
-    """``"4"`` -> Constant(4); ``"linear:V:STEPS[:START]"``; ``"cyclic:V:PERIOD[:RATIO[:START]]"``."""
+    """``"4"`` -> Constant(4); ``"linear:V:STEPS[:START]"``; ``"cyclic:V:PERIOD[:RATIO[:START]]"``; ``"until:V:STEPS"``."""
     parts = str(spec).strip().split(":")
     try:
         if len(parts) == 1:
@@ -107,9 +124,11 @@ def parse_schedule(spec: str) -> Schedule:
             return LinearWarmup(args[0], int(args[1]), *(args[2:]))
         if kind == "cyclic" and 2 <= len(args) <= 4:
             return Cyclic(args[0], int(args[1]), *(args[2:]))
+        if kind == "until" and len(args) == 2:
+            return Until(args[0], int(args[1]))
     except ValueError as e:
         if "schedule" in str(e) or "weight" in str(e):
             raise
     raise ValueError(
-        f"cannot read schedule {spec!r}; use a number, 'linear:VALUE:STEPS[:START]' or 'cyclic:VALUE:PERIOD[:RATIO[:START]]'"
+        f"cannot read schedule {spec!r}; use a number, 'linear:VALUE:STEPS[:START]', 'cyclic:VALUE:PERIOD[:RATIO[:START]]' or 'until:VALUE:STEPS'"
     )

@@ -163,18 +163,6 @@ def _fit_metrics(prefix: str, logits: torch.Tensor, y: torch.Tensor, encoding: s
     return {f"{prefix}_mse": (p - y).pow(2).mean()}
 
 
-class Until(Schedule):
-    """``value`` for steps ``< steps``, then 0: the two-step method's step-1 classification weight."""
-
-    def __init__(self, value: float, steps: int):
-        self.value, self.steps = check_weight("the classification weight", value), int(steps)
-        if self.steps < 0:
-            raise ValueError(f"classifier_steps must be >= 0, got {steps}")
-
-    def __call__(self, step: int) -> float:
-        return self.value if step < self.steps else 0.0
-
-
 class SpecifiedClassification:
     """Step 1 of Hadad et al.: ``E[-log P(y | classifier(E1(x)))]`` (term ``classification``), gradients into E1.
 
@@ -317,7 +305,7 @@ class Fader(_Autoencoder):
         x, v = data.test_batch(8, run.train.seed)
         x, y = torch.as_tensor(x), torch.as_tensor(data.encode(v))
         paths = [plots.training_curves(Path(run_dir) / "metrics.jsonl", d / "training.png"),
-                 critic_curves(Path(run_dir) / "metrics.jsonl", d / "critic.png")]
+                 plots.training_curves(Path(run_dir) / "metrics.jsonl", d / "critic.png", CRITIC_KEYS)]
         with torch.no_grad():
             paths.append(plots.image_grid(torch.cat([x, self._reconstruct(pair, x, y)]), d / "reconstructions.png",
                                           ncol=len(x), title="data (top) and reconstructions (bottom)"))
@@ -391,7 +379,7 @@ class TwoStep(Fader):
         pair = self.build_model(data)
         k, enc = data.attribute_dim, self.encoding
         metric = "classifier_accuracy" if enc == "onehot" else "classifier_mse"
-        terms = {"classification": (Until(1.0, self.classifier_steps),
+        terms = {"classification": (parse_schedule(f"until:1:{self.classifier_steps}"),
                                     SpecifiedClassification(pair, k, enc, self.classifier_steps)),
                  metric: (0.0, SpecifiedClassification(pair, k, enc, self.classifier_steps, metric=True)),
                  **self.terms(data)}
@@ -519,25 +507,3 @@ def edit_values(data: WithAttribute) -> tuple[list[torch.Tensor], list[str]]:
 
 CRITIC_KEYS = ("adversarial", "attributecritic_loss", "attribute_critic_accuracy", "attribute_critic_mse",
                "classification", "classifier_accuracy", "classifier_mse")
-
-
-def critic_curves(metrics_path, path) -> Path:
-    """The critic's and classifier's logged values against the step, one panel each."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
-    keys = [k for k in CRITIC_KEYS if rows and k in rows[0]]
-    fig, axes = plt.subplots(1, max(len(keys), 1), figsize=(3.2 * max(len(keys), 1), 2.8), squeeze=False)
-    for ax, key in zip(axes[0], keys):
-        ax.plot([r["step"] for r in rows], [r[key] for r in rows])
-        ax.set_title(key, fontsize=9)
-        ax.set_xlabel("step")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return path

@@ -103,14 +103,17 @@ def latent_traversals(pair, x: torch.Tensor, path, values: Sequence[float] = tup
                       title=f"latent traversals, z from {values[0]:g} to {values[-1]:g}")
 
 
-def training_curves(metrics_path, path) -> Path:
-    """Loss, rate and distortion against the step, from a run's metrics.jsonl."""
+def training_curves(metrics_path, path, keys: Sequence[str] = ("loss", "rate", "distortion")) -> Path:
+    """Logged values against the step, one panel per key, from a run's metrics.jsonl (default: loss,
+    rate and distortion; keys a run did not log are left out)."""
     rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3))
+    keys = [k for k in keys if rows and k in rows[0]] or list(keys[:1])
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.7 * len(keys), 3), squeeze=False)
     steps = [r["step"] for r in rows]
-    for ax, key in zip(axes, ("loss", "rate", "distortion")):
-        ax.plot(steps, [r[key] for r in rows])
-        ax.set_title(key + (" (nats)" if key != "loss" else " (nats / example)"), fontsize=10)
+    for ax, key in zip(axes[0], keys):
+        ax.plot(steps, [r.get(key, float("nan")) for r in rows])
+        unit = {"loss": " (nats / example)", "rate": " (nats)", "distortion": " (nats)"}.get(key, "")
+        ax.set_title(key + unit, fontsize=10)
         ax.set_xlabel("step")
     fig.tight_layout()
     return _save(fig, path)
