@@ -72,10 +72,19 @@ def reconstructions(pair, x: torch.Tensor, path, n: int = 8) -> Path:
 
 @torch.no_grad()
 def prior_samples(pair, path, n: int = 64, seed: int = 0) -> Path:
-    """Decoder means at z ~ p(z) = N(0, I)."""
+    """Decoder means at z ~ p(z): the model's own prior (``pair.sample_prior(n, generator)`` when it has
+    one, else a draw from ``pair.prior(n, like)``: mixture, flow, categorical x normal, ...), N(0, I)
+    for a pair that declares neither."""
     g = torch.Generator().manual_seed(seed)
     dev = next(pair.parameters()).device
-    z = torch.randn(n, pair.latent_dim, generator=g).to(dev)
+    if hasattr(pair, "sample_prior"):
+        z = pair.sample_prior(n, g).to(dev)
+    elif hasattr(pair, "prior"):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            z = pair.prior(n, torch.zeros((), device=dev)).sample()
+    else:
+        z = torch.randn(n, pair.latent_dim, generator=g).to(dev)
     xs = pair.decode(z)
     if not _is_image(xs.shape[1:]):
         return _scatter({"samples": xs.cpu().numpy()}, path, "decoded prior samples")
