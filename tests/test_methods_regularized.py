@@ -282,3 +282,23 @@ def test_dataset_size_smaller_than_the_batch_is_refused(digits, tmp_path, capsys
                  str(tmp_path / "r"), "--no-progress", "--no-plots", "--set", "batch_size=64"])
     err = capsys.readouterr().err
     assert code == 2 and re.search(r"batch|dataset_size", err), err
+
+
+def test_pixelgan_ae_with_a_pixelcnn_decoder(tmp_path):
+    """Makhzani & Frey's pairing: the PixelGAN-AE objective on an autoregressive decoder trains and logs its terms."""
+    from metaprior.models.autoregressive import PixelCNNBernoulli
+
+    data = load("digits", binarize=True)
+    pair, _ = configure(METHODS["pixelgan_ae"], {**TINY, "decoder": "pixelcnn", "window": 1}).build(data)
+    assert isinstance(pair.likelihood, PixelCNNBernoulli)
+    out = tmp_path / "pg"
+    argv = ["train", "--method", "pixelgan_ae", "--data", "digits", "--data-option", "binarize=true", "--steps", "30",
+            "--out", str(out), "--set", "decoder=pixelcnn", "--set", "latent_dim=4", "--set", "hidden=32",
+            "--set", "critic_hidden=16", "--set", "batch_size=32", "--no-progress", "--no-plots"]
+    assert main(argv) == 0
+    rows = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["distortion"] < rows[0]["distortion"] and "prior_kl" in rows[-1]
+    with pytest.raises(ValueError, match="decoder"):
+        configure(METHODS["pixelgan_ae"], {"decoder": "wavenet"})
+    with pytest.raises(ValueError, match="binar"):
+        configure(METHODS["pixelgan_ae"], {**TINY, "decoder": "pixelcnn"}).build(load("digits"))

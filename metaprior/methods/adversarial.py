@@ -72,16 +72,37 @@ class PixelGANAE(_WithCritic):
     leaves the reconstruction and the aggregate-posterior KL, which a prior critic
     estimates (term ``prior_kl``, its mean ``-logit`` on the codes, weight ``lambda2 = 1``);
     the rate is logged with weight ``beta = 0``. Makhzani & Frey pair this objective with
-    a PixelCNN decoder; here it runs on the shared decoder (the objective is the
-    method; an autoregressive decoder is the factorization mechanism of ``models/``).
+    a PixelCNN decoder: ``decoder="pixelcnn"`` uses the VLAE's masked PixelCNN likelihood
+    (:mod:`metaprior.models.autoregressive`; ``window`` -1 = every earlier pixel, or a causal
+    window half-width; ``pixel_channels``, ``pixel_layers``; binary images only), the
+    default ``"standard"`` the shared decoder.
     """
 
     beta: float = 0.0
     lambda2: float = 1.0
+    decoder: str = "standard"
+    window: int = -1
+    pixel_channels: int = 32
+    pixel_layers: int = 2
 
     def __post_init__(self):
         super().__post_init__()
         check_weight("lambda2", self.lambda2)
+        if self.decoder not in ("standard", "pixelcnn"):
+            raise ValueError(f"unknown decoder {self.decoder!r}; choose 'standard' or 'pixelcnn'")
+        from .structured import _check_pixel_settings
+
+        _check_pixel_settings(self)
+
+    def build_model(self, data) -> nn.Module:
+        if self.decoder == "standard":
+            return super().build_model(data)
+        from ..models.vae import VAE
+        from .structured import _pixelcnn
+
+        lik = _pixelcnn(self, data)
+        enc, dec = build_encoder_decoder(self.net, data.observation_shape, 2 * self.latent_dim, self.latent_dim, self.hidden)
+        return VAE(enc, dec, self.latent_dim, lik)
 
     def terms(self, data) -> dict[str, tuple[Any, Any]]:
         critic = PriorCritic(self.latent_dim, self.critic_hidden, self.critic_lr, generator_loss="kl")
