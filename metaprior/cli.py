@@ -245,6 +245,22 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from .sweep import load_grid, run_sweep
+
+    rows = run_sweep(load_grid(args.grid), out=args.out, executor=args.executor, address=args.address,
+                     cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run, progress=not args.no_progress)
+    for r in rows:
+        shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.get("eval", {}).items()}
+        loss = r["final"].get("loss")
+        print(f"{r['status']:5s} {r['name']}  loss={loss if loss is None else round(loss, 4)}"
+              + (f"  {shown}" if shown else "") + (f"  error: {r['error']}" if r.get("error") else ""))
+    failed = sum(r["status"] != "ok" for r in rows)
+    print(f"{len(rows) - failed} of {len(rows)} runs ok; table: {Path(rows[0]['out']).parent / 'sweep.jsonl' if rows else ''}"
+          if rows else "no runs")
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="metaprior", description="Autoencoder-based representation learning as probabilistic programs.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -288,6 +304,19 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("runs", nargs="+", help="run directories")
     rp.add_argument("--out", required=True, help="output directory (rate_distortion_usefulness.png, report.md)")
     rp.set_defaults(fn=cmd_report)
+
+    sw = sub.add_parser("sweep", help="a grid of train (+ evaluate) runs from a JSON grid file, executed by Ray",
+                        description=__import__("metaprior.sweep", fromlist=["x"]).__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sw.add_argument("grid", help="JSON grid file (see above)")
+    sw.add_argument("--out", default=None, help="parent directory of the runs (overrides the grid's 'out')")
+    sw.add_argument("--executor", choices=("ray", "serial"), default="ray",
+                    help="ray (default; local, or the cluster at --address) or serial (this process, no Ray)")
+    sw.add_argument("--address", default=None, help="Ray cluster address (e.g. auto, ray://host:10001); default: local")
+    sw.add_argument("--cpus-per-run", type=float, default=1.0)
+    sw.add_argument("--gpus-per-run", type=float, default=0.0)
+    sw.add_argument("--no-progress", action="store_true")
+    sw.set_defaults(fn=cmd_sweep)
     return p
 
 
