@@ -381,3 +381,18 @@ def test_string_options_are_read_as_the_declared_types():
     assert np.array_equal(d.x, load("pinwheel", num_classes=3, num_per_class=20, radial_std=0.2).x)
     with pytest.raises(DataError, match="cannot read num_classes='three' as int"):
         load("pinwheel", num_classes="three")
+
+
+def test_bouncing_dot_frames_and_direction_labels():
+    """Frames peak at the dot's position; the label is the direction of motion (0 right, 1 left)."""
+    from metaprior.data import load
+
+    d = load("bouncing_dot", num_sequences=20, length=30, width=10)
+    pos, lab = d.positions, d.labels
+    assert d.x.shape == (20, 30, 10) and not d.is_binary            # blurred, noisy frames by default
+    assert (np.abs(d.x.argmax(-1) - np.rint(pos)) <= 1).mean() > 0.95
+    step = np.diff(pos, axis=1)
+    inside = (pos[:, 1:] > 1) & (pos[:, 1:] < 8) & (pos[:, :-1] > 1) & (pos[:, :-1] < 8)  # away from the walls
+    assert np.array_equal(lab[:, 1:][inside], (step[inside] < 0).astype(int))
+    one_hot = load("bouncing_dot", num_sequences=4, length=5, width=6, blur=0, noise=0)
+    assert one_hot.is_binary and np.all(one_hot.x.sum(-1) == 1)

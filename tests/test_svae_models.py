@@ -372,6 +372,8 @@ def test_slds_bad_input():
         prepare_sequences(bad)
     with pytest.raises(ValueError, match="unequal lengths"):
         slds_svae_elbo(SLDS_SPEC, None, [np.zeros((4, 5)), np.zeros((6, 5))], jax.random.PRNGKey(0))
+    with pytest.raises(ValueError, match="Bernoulli likelihood needs binary frames"):
+        prepare_sequences(np.full((2, 4, 3), 0.5, np.float32), likelihood="bernoulli")
     with pytest.raises(DataError, match="NaN"):
         from metaprior.data import ArrayData
 

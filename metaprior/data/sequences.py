@@ -16,7 +16,7 @@ from metaprior.data.base import ArrayData, DataError
 
 
 def bouncing_dot(num_sequences: int = 100, length: int = 50, width: int = 12, speed: float = 1.0,
-                 flip_prob: float = 0.0, blur: float = 0.0, noise: float = 0.0, seed: int = 0,
+                 flip_prob: float = 0.0, blur: float = 1.0, noise: float = 0.05, seed: int = 0,
                  test_fraction: float = 0.1) -> ArrayData:
     """Bouncing-dot sequences: ``x`` float32 [N, T, width], ``labels`` int [N, T] (0 = moving
     right, 1 = moving left: the direction of the step that led to frame t; at t = 0 the initial
@@ -30,6 +30,12 @@ def bouncing_dot(num_sequences: int = 100, length: int = 50, width: int = 12, sp
     motion is periodic, and an LDS with rotating 2-D latents can model it, as in the paper).
     Frames: with ``blur == 0`` a binary one-hot image (the pixel nearest the dot is 1),
     otherwise a Gaussian bump of standard deviation ``blur`` pixels with peak 1. ``noise`` adds Gaussian pixel noise of that standard deviation.
+    Defaults ``blur=1, noise=0.05``: overlapping bumps tell a recognition network which
+    positions are neighbours (one-hot frames of adjacent positions share no pixel, so any
+    permutation of the positions is as easy to encode, and the SLDS-SVAE learned codes that
+    fold the position and states that mark the folds: ARI 0.0-0.4 against 0.87 with the
+    defaults, see :class:`metaprior.methods.svae.SVAESLDS`); the noise keeps a learned-scale
+    Gaussian likelihood from collapsing onto noise-free pixels.
     ``test_fraction`` of the sequences are held out.
     """
     try:  # options arrive as strings from the command line (--data-option length=20)

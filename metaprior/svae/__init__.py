@@ -26,7 +26,9 @@ Models built on that core (Johnson et al. 2016, Sec. 3-4):
   the SVAE ELBO, natural gradients on the Dirichlet/NIW globals, NumPyro model/guide
   (:func:`gmm_svae_model`, :func:`gmm_svae_guide`) and the global posterior as ArviZ data.
 * :mod:`metaprior.svae.slds` -- LDS- and SLDS-SVAEs (:class:`SLDSSVAE`): Kalman smoothing and
-  forward-backward in a bounded mean-field loop, natural gradients on the HMM globals.
+  forward-backward in a bounded mean-field loop, natural gradients on the HMM globals;
+  :mod:`metaprior.svae.slds_numpyro` -- its NumPyro model/guide (:func:`slds_svae_model`,
+  :func:`slds_svae_guide`; states summed out exactly given the latent path).
 * :mod:`metaprior.svae.engine` -- the jitted training loop writing metaprior's run directory;
   :mod:`metaprior.svae.nets` -- a tiny MLP, Adam and the decoder likelihoods.
 
@@ -34,7 +36,7 @@ Everything is importable from here, e.g. ``from metaprior.svae import gaussian,
 kalman_smoother``; ``gaussian.log_normalizer`` is ``gaussian_log_normalizer``.
 """
 
-from metaprior.svae import engine, expfam, gmm, hmm, lds, nets, slds
+from metaprior.svae import engine, expfam, gmm, hmm, lds, nets, slds, slds_numpyro
 from metaprior.svae.expfam import *  # noqa: F401,F403
 from metaprior.svae.expfam import __all__ as _expfam_all
 from metaprior.svae.hmm import HMMPosterior, hmm_forward_backward
@@ -52,6 +54,7 @@ from metaprior.svae.lds import (
 
 from metaprior.svae.gmm import GMMSVAE, gmm_global_posterior, gmm_infer, gmm_svae_guide, gmm_svae_model
 from metaprior.svae.slds import SLDSSVAE, slds_infer
+from metaprior.svae.slds_numpyro import GaussianChain, slds_path_log_prob, slds_svae_guide, slds_svae_model
 
 __all__ = [
     "expfam",
@@ -68,6 +71,10 @@ __all__ = [
     "gmm_infer",
     "SLDSSVAE",
     "slds_infer",
+    "slds_svae_model",
+    "slds_svae_guide",
+    "slds_path_log_prob",
+    "GaussianChain",
     *_expfam_all,
     "LDSPosterior",
     "LDSFilterResult",

@@ -370,7 +370,7 @@ def slds_meanfield(spec: SLDSSVAE, net, glob, j, h, mask, trace: bool = False) -
 # --------------------------------------------------------------------------------------
 
 
-def prepare_sequences(x, mask=None, obs_dim=None):
+def prepare_sequences(x, mask=None, obs_dim=None, likelihood: str | None = None):
     """Validate sequence data; returns ``(x (B, T, W) float32, mask (B, T) bool)``.
 
     ``x``: an array (B, T, W) or a list of (T_i, W) arrays. Lists of unequal lengths need a
@@ -395,12 +395,16 @@ def prepare_sequences(x, mask=None, obs_dim=None):
     if m.shape != arr.shape[:2]:
         raise ValueError(f"mask shape {m.shape} does not match the sequences' (B, T) = {arr.shape[:2]}")
     check_observations(np.where(m[..., None], arr, 0.0), "SLDS-SVAE observations")
+    if likelihood == "bernoulli" and not np.all((arr[m] == 0) | (arr[m] == 1)):
+        raise ValueError("the Bernoulli likelihood needs binary frames (every value 0 or 1), but these sequences are "
+                         "not binary; use likelihood='gaussian_learned' (or 'gaussian'), or binary data "
+                         "(bouncing_dot with blur=0, noise=0)")
     return jnp.asarray(np.where(m[..., None], arr, 0.0)), jnp.asarray(m)
 
 
 def slds_svae_elbo(spec: SLDSSVAE, state, x, key, num_data=None, mask=None, return_local=False):
     """ELBO terms (per sequence) of a batch ``x`` (B, T, W) (or a list; see :func:`prepare_sequences`)."""
-    x, mask = prepare_sequences(x, mask, spec.obs_dim)
+    x, mask = prepare_sequences(x, mask, spec.obs_dim, spec.likelihood)
     B = x.shape[0]
     num_data = B if num_data is None else num_data
     net, glob = state["net"], jax.lax.stop_gradient(state["globals"])

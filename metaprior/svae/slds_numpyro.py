@@ -110,10 +110,13 @@ class GaussianChain(dist.Distribution):
       A, Q: transitions (..., T-1, d, d) (or (..., d, d), time-invariant); ``A[t]`` maps
         ``x_t`` to ``x_{t+1}``.
       J: node precisions (..., T, d, d) or their diagonals (..., T, d); h: (..., T, d).
-      mask: optional (..., T) boolean; potentials of masked steps are dropped.
+      mask: optional (..., T) boolean; potentials of masked steps are dropped (stored as the
+        attribute ``valid``: ``Distribution.mask`` is NumPyro's masking method).
 
-    The batch shape is the broadcast of the leading axes. ``sample`` is reparameterized
-    (forward filtering, backward sampling: :func:`~metaprior.svae.lds.sample_lds_posterior_from_noise`
+    Ambiguous shapes are read as: a (..., T, d) ``J`` with ``J.shape[-3:] != (T, d, d)`` is
+    diagonal; an ``A`` or ``Q`` whose third-last axis has size T-1 is time-varying. The batch
+    shape is the broadcast of the leading axes. ``sample`` is reparameterized (forward
+    filtering, backward sampling: :func:`~metaprior.svae.lds.sample_lds_posterior_from_noise`
     with ``noise = normal(key, sample_shape + batch_shape + (T, d))``), so ``Trace_ELBO``
     differentiates through it.
     """
@@ -144,10 +147,12 @@ class GaussianChain(dist.Distribution):
         checks = (("mu0", mu0, (d,)), ("Sigma0", Sigma0, (d, d)), ("J", J, (T, d, d)))
         for name, arr, tail in checks:
             if arr.shape[arr.ndim - len(tail):] != tail:
-                raise ValueError(f"GaussianChain: {name} must have shape (..., {', '.join(map(str, tail))}); got {arr.shape}")
+                raise ValueError(f"GaussianChain: {name} must have shape (..., {', '.join(map(str, tail))}); "
+                                 f"got {arr.shape}")
         for name, arr in (("A", A), ("Q", Q)):
             if arr.shape[-2:] != (d, d) or arr.ndim < 2:
-                raise ValueError(f"GaussianChain: {name} must have shape (..., {T - 1}, {d}, {d}) or (..., {d}, {d}); got {arr.shape}")
+                raise ValueError(f"GaussianChain: {name} must have shape (..., {T - 1}, {d}, {d}) or "
+                                 f"(..., {d}, {d}); got {arr.shape}")
         # (..., d, d): time-invariant (a leading axis of size T-1 is read as time)
         A = A if A.ndim >= 3 and A.shape[-3] == T - 1 else A[..., None, :, :]
         Q = Q if Q.ndim >= 3 and Q.shape[-3] == T - 1 else Q[..., None, :, :]
@@ -267,7 +272,7 @@ def slds_path_log_prob(x_path, pi0, P, dynamics, mask=None, return_marginals=Fal
 def _check_args(x, mask, spec, num_data):
     if not isinstance(spec, SLDSSVAE):
         raise ValueError(f"spec must be an SLDSSVAE, got {type(spec).__name__}")
-    x, mask = prepare_sequences(x, mask, spec.obs_dim)
+    x, mask = prepare_sequences(x, mask, spec.obs_dim, spec.likelihood)
     B = x.shape[0]
     N = B if num_data is None else int(num_data)
     if N < B:
@@ -296,6 +301,10 @@ def slds_svae_model(x, state, spec: SLDSSVAE, mask=None, num_data=None):
     to B): ``x_path`` (B, T, d) (flat; see the module docstring), the factor ``dynamics``
     (``log p(x_path | pi0, P)``, states summed out exactly), ``state_probs`` (B, T, K)
     (deterministic ``p(c_t | x_path, pi0, P)``) and the observed ``y`` (B, T, W).
+
+    ``Predictive(slds_svae_model, guide=slds_svae_guide, ...)`` returns, by NumPyro's default,
+    only the sites the guide does not draw (``y``, ``dynamics``, ``state_probs``): pass
+    ``return_sites=["pi0", "P", "x_path", "state_probs"]`` to get the guide's draws as well.
     """
     x, mask, B, N = _check_args(x, mask, spec, num_data)
     T, K, d = x.shape[1], spec.num_states, spec.latent_dim
