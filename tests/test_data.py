@@ -396,3 +396,34 @@ def test_bouncing_dot_frames_and_direction_labels():
     assert np.array_equal(lab[:, 1:][inside], (step[inside] < 0).astype(int))
     one_hot = load("bouncing_dot", num_sequences=4, length=5, width=6, blur=0, noise=0)
     assert one_hot.is_binary and np.all(one_hot.x.sum(-1) == 1)
+
+
+def test_shapes3d_h5_file(tmp_path):
+    """A small file in the 3D Shapes layout: factors from the label values, images by index, any row order."""
+    h5py = pytest.importorskip("h5py")
+    from metaprior.data import load
+
+    sizes = (2, 2, 2, 3, 2, 2)
+    grid = np.stack(np.unravel_index(np.arange(int(np.prod(sizes))), sizes), 1)
+    values = [np.linspace(0.0, 0.9, s) for s in sizes]            # real-valued labels, as in the file
+    labels = np.stack([values[j][grid[:, j]] for j in range(6)], 1)
+    images = (np.arange(len(grid))[:, None, None, None] % 256 * np.ones((1, 4, 4, 3))).astype(np.uint8)
+    perm = np.random.default_rng(0).permutation(len(grid))        # rows stored out of order
+    path = tmp_path / "3dshapes.h5"
+    with h5py.File(path, "w") as f:
+        f["images"], f["labels"] = images[perm], labels[perm]
+    d = load(str(path))
+    assert d.factor_sizes == sizes and d.observation_shape == (3, 4, 4) and not d.is_binary
+    f = np.array([[1, 0, 1, 2, 0, 1], [0, 0, 0, 0, 0, 0], [1, 0, 1, 2, 0, 1]])
+    x = d.observations_from_factors(f)
+    want = np.ravel_multi_index(tuple(f.T), sizes) % 256 / 255.0
+    assert x.shape == (3, 3, 4, 4) and np.allclose(x[:, 0, 0, 0], want)
+    assert load("shapes3d", path=str(path)).factor_sizes == sizes
+    with h5py.File(tmp_path / "bad.h5", "w") as g:
+        g["images"] = images
+    with pytest.raises(DataError, match="missing 'labels'"):
+        load(str(tmp_path / "bad.h5"))
+    with h5py.File(tmp_path / "dup.h5", "w") as g:
+        g["images"], g["labels"] = images[:-1], labels[:-1]
+    with pytest.raises(DataError, match="exactly once"):
+        load(str(tmp_path / "dup.h5"))

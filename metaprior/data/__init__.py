@@ -18,13 +18,13 @@ from typing import Callable
 from metaprior.data.base import ArrayData, DataError, Dataset, GroundTruthData
 from metaprior.data.digits import digits
 from metaprior.data.dsprites import DSprites
-from metaprior.data.files import DSpritesNPZ, call_with_options, load_array, load_idx, load_path
+from metaprior.data.files import DSpritesNPZ, Shapes3D, call_with_options, load_array, load_idx, load_path
 from metaprior.data.pinwheel import pinwheel
 from metaprior.data.sequences import bouncing_dot
 
 __all__ = [
     "load", "DATASETS", "register_dataset", "Dataset", "ArrayData", "GroundTruthData",
-    "DataError", "DSprites", "DSpritesNPZ", "load_path", "load_idx", "load_array",
+    "DataError", "DSprites", "DSpritesNPZ", "Shapes3D", "load_path", "load_idx", "load_array",
     "pinwheel", "digits", "bouncing_dot",
 ]
 
@@ -49,6 +49,7 @@ register_dataset("idx")(load_idx)
 register_dataset("npz")(load_array)
 register_dataset("array")(load_array)
 register_dataset("dsprites_npz")(DSpritesNPZ)
+register_dataset("shapes3d")(Shapes3D)
 
 
 @register_dataset("mnist")

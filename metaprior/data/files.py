@@ -23,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 
-from metaprior.data.base import ArrayData, DataError, GroundTruthData
+from metaprior.data.base import ArrayData, DataError, GroundTruthData, check_finite
 from metaprior.data.dsprites import DSprites
 
 # IDX type codes (the third magic byte) -> big-endian numpy dtypes
@@ -36,6 +36,7 @@ SUPPORTED_FILES = (
     "*.npz holding 'imgs' and 'latents_classes' (the official dSprites file)",
     "other *.npz / *.npy arrays",
     "IDX files: *-ubyte, *-ubyte.gz, *.idx*",
+    "*.h5 / *.hdf5 holding 'images' and 'labels' (the 3D Shapes file)",
 )
 
 
@@ -310,6 +311,77 @@ class DSpritesNPZ(GroundTruthData):
         return (imgs != 0).astype(np.float32)[:, None]
 
 
+class Shapes3D(GroundTruthData):
+    """The 3D Shapes file (Burgess & Kim 2018; ``3dshapes.h5``), looked up by index; the factors
+    disentanglement_lib and Kim & Mnih (2018) evaluate on.
+
+    Reads the HDF5 datasets ``images`` [N, 64, 64, 3] uint8 and ``labels`` [N, 6] (floor hue,
+    wall hue, object hue, scale, shape, orientation as real values). Each column's distinct
+    values, sorted, are its classes (10, 10, 10, 8, 4, 15 in the official file: 480,000
+    images). Every factor combination must appear exactly once; the row of each is found
+    from the labels, so the file's order does not matter (the official one is row-major).
+    Images are read from the file on demand (``h5py``; the file is opened lazily in each
+    process) and returned as float32 [n, 3, 64, 64] in [0, 1].
+    """
+
+    name = "shapes3d"
+    factor_names = ("floor_hue", "wall_hue", "object_hue", "scale", "shape", "orientation")
+
+    def __init__(self, path):
+        h5py = _h5py()
+        p = existing_file(path, "3D Shapes h5 file")
+        with h5py.File(p, "r") as f:
+            missing = [k for k in ("images", "labels") if k not in f]
+            if missing:
+                raise DataError(f"{p}: not a 3D Shapes file: missing {', '.join(map(repr, missing))}; "
+                                f"datasets found: {', '.join(f.keys()) or 'none'}")
+            labels = np.asarray(f["labels"][()], dtype=np.float64)
+            shape = f["images"].shape
+        if labels.ndim != 2 or labels.shape[1] != 6:
+            raise DataError(f"{p}: labels must be [N, 6] ({', '.join(self.factor_names)}), got {labels.shape}")
+        if len(shape) != 4 or shape[-1] != 3 or shape[0] != len(labels):
+            raise DataError(f"{p}: images must be [N, H, W, 3] with N = {len(labels)} rows of labels, got {shape}")
+        check_finite(labels, f"{p.name} labels")
+        self.factor_values = [np.unique(col) for col in labels.T]
+        classes = np.stack([np.searchsorted(v, col) for v, col in zip(self.factor_values, labels.T)], 1)
+        self.factor_sizes = tuple(len(v) for v in self.factor_values)
+        flat = np.ravel_multi_index(tuple(classes.T), self.factor_sizes)
+        n = len(classes)
+        if n != self.num_examples or np.bincount(flat, minlength=n).max() != 1:
+            raise DataError(f"{p}: labels must list every factor combination of sizes {self.factor_sizes} exactly "
+                            f"once ({self.num_examples} rows), found {n} rows")
+        self._rows = None
+        if (flat != np.arange(n)).any():
+            self._rows = np.empty(n, dtype=np.int64)
+            self._rows[flat] = np.arange(n)
+        self.path, self._file = p, None
+        self.observation_shape = (3, int(shape[1]), int(shape[2]))
+
+    @property
+    def is_binary(self) -> bool:
+        return False
+
+    def observations_from_factors(self, factors) -> np.ndarray:
+        idx = self.factors_to_index(factors)
+        rows = idx if self._rows is None else self._rows[idx]
+        if self._file is None:
+            self._file = _h5py().File(self.path, "r")
+        uniq, inverse = np.unique(rows, return_inverse=True)  # h5py reads increasing, distinct indices
+        imgs = self._file["images"][uniq][inverse]
+        return (imgs.transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
+
+    def __getstate__(self):  # an open HDF5 handle does not pickle (worker processes reopen it)
+        return {**self.__dict__, "_file": None}
+
+
+def _h5py():
+    try:
+        import h5py
+    except ImportError:
+        raise DataError("reading .h5 files needs h5py: pip install h5py") from None
+    return h5py
+
+
 def load_path(path, **options):
     """Load a data file, choosing the loader from its name (see ``SUPPORTED_FILES``).
 
@@ -325,6 +397,8 @@ def load_path(path, **options):
         loader = load_array
     elif name.endswith(("-ubyte", "-ubyte.gz")) or ".idx" in name:
         loader = load_idx
+    elif name.endswith((".h5", ".hdf5")):
+        loader = Shapes3D
     else:
         raise DataError(f"{p}: unknown kind of data file; supported: {'; '.join(SUPPORTED_FILES)}")
     return call_with_options(loader, {"path": p, **options}, f"{loader.__name__} ({p.name})")
