@@ -10,7 +10,7 @@ prints the median over rounds:
 
     ratio <name> <svae time / plain VAE time>
 
-Cases: ``svae_gmm`` (pinwheel, the recipe's defaults: K = 5, d = 2, 10 mean-field
+Cases: ``svae_gmm`` (pinwheel, the recipe's defaults: K = 5, d = 2, 3 mean-field
 iterations, batch 64) and ``svae_slds`` (bouncing dot, 20 steps x 10 pixels, K = 2, d = 2,
 3 mean-field iterations, batch 16; the reference applies the per-frame VAE to every frame).
 Runs in about two minutes on 2 CPU cores (most of it compilation):
@@ -18,7 +18,7 @@ Runs in about two minutes on 2 CPU cores (most of it compilation):
     python bench/bench_svae.py [--rounds 7] [--steps 100] [--skip-slds] [--gmm-batch 64 256 500]
 
 ``--gmm-batch`` repeats the GMM case at other batch sizes (at most 450, pinwheel's training
-split). The ratio grows with the batch (2.8 at 64, 4.3 at 256 in one loaded run): the extra cost
+split). The ratio grows with the batch (2.03 at 64, 2.58 at 256 with 3 mean-field iterations on an idle machine): the extra cost
 is per example (K = 5 components times the mean-field iterations and their reverse pass),
 not a fixed per-step overhead, against networks so small (2-D data, 2-D latents) that the
 plain VAE step is almost free.

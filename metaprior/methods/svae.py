@@ -181,6 +181,11 @@ class SVAEGMM(_SVAERecipe):
         metaprior train --method svae_gmm --data pinwheel --steps 5000 --set batch_size=64 --out runs/svae_gmm
         metaprior evaluate runs/svae_gmm      # ari, nmi, held-out elbo
         metaprior plot runs/svae_gmm          # latent space with component ellipses
+
+    ``meanfield_iters`` defaults to 3: on that command (seeds 0, 1, 2; 2026-11-25) 3 iterations
+    gave ARI 0.965 / 0.975 / 0.936 and held-out ELBO -1.64 / -1.46 (seeds 1, 2) against
+    0.970 / 0.975 / 0.936 and -1.58 / -1.46 with 10 (even 1 iteration: 0.965 / 0.936), at about
+    60 % of the step time at batch 256 (``bench/bench_svae.py``).
     """
 
     num_components: int = 5
@@ -188,7 +193,7 @@ class SVAEGMM(_SVAERecipe):
     hidden: tuple[int, ...] = (50,)
     likelihood: str = "auto"
     obs_scale: float = 0.1
-    meanfield_iters: int = 10
+    meanfield_iters: int = 3
     alpha: float = 1.0
     kappa: float = 0.5
     nu: float = 4.0
