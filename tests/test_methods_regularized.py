@@ -302,3 +302,13 @@ def test_pixelgan_ae_with_a_pixelcnn_decoder(tmp_path):
         configure(METHODS["pixelgan_ae"], {"decoder": "wavenet"})
     with pytest.raises(ValueError, match="binar"):
         configure(METHODS["pixelgan_ae"], {**TINY, "decoder": "pixelcnn"}).build(load("digits"))
+
+
+def test_hsic_vae_joint_penalty(digits):
+    """joint=true: the d-variable HSIC; with two groups it is the pairwise HSIC times (n-1)^2/n^2."""
+    x = torch.as_tensor(digits.batch(0, 32, 0))
+    pair_res, _ = loss_and_grads("hsic_vae", {"bandwidth": 1.0}, digits, x)
+    joint_res, _ = loss_and_grads("hsic_vae", {"bandwidth": 1.0, "joint": True}, digits, x)
+    assert joint_res.parts["hsic"].item() == pytest.approx(pair_res.parts["hsic"].item() * 31**2 / 32**2, rel=1e-5)
+    three, _ = loss_and_grads("hsic_vae", {"bandwidth": 1.0, "joint": True, "groups": "0;1;2,3"}, digits, x)
+    assert three.parts["hsic"].item() > 0

@@ -260,15 +260,18 @@ class HSICPenalty:
     survey eq. 12) penalize the HSIC between groups of latent codes, and between
     the codes and a sensitive variable ``s``; the estimator is the biased empirical HSIC
     of :func:`~metaprior.inference.estimators.hsic` (survey appendix eq. 21) on the
-    sampled codes. With more than two groups we sum the pairwise HSICs (zero for
-    pairwise-independent groups; Lopez et al. use the d-variable HSIC there).
+    sampled codes. With more than two groups, ``joint=False`` sums the pairwise HSICs (zero
+    for pairwise-independent groups) and ``joint=True`` takes the d-variable HSIC of all
+    groups at once (:func:`~metaprior.inference.estimators.dhsic`; zero only for jointly
+    independent groups), as Lopez et al. do; for two groups the two agree up to the factor
+    ``(n - 1)^2 / n^2`` of the estimators' normalizations.
     ``sensitive`` names an *observed* site of the model whose value is s (a model that
     takes s as data, e.g. ``pyro.sample("s", ..., obs=s)``); with one group and a
     sensitive variable only ``HSIC(z, s)`` remains.
     """
 
     def __init__(self, groups, kernel: str = "rbf", bandwidth: float | None = None, sensitive: str | None = None,
-                 site: str = "z"):
+                 site: str = "z", joint: bool = False):
         if kernel not in est.KERNELS:
             raise ValueError(f"unknown kernel {kernel!r}; choose one of {', '.join(map(repr, est.KERNELS))}")
         if bandwidth is not None and not (float(bandwidth) > 0 and math.isfinite(float(bandwidth))):
@@ -277,11 +280,14 @@ class HSICPenalty:
         if len(self.groups) < 2 and sensitive is None:
             raise ValueError("the HSIC penalty needs at least two latent groups (or a sensitive variable)")
         self.kernel, self.bandwidth, self.sensitive, self.site = kernel, bandwidth, sensitive, site
+        self.joint = bool(joint)
 
     def __call__(self, ctx: TermContext) -> torch.Tensor:
         z = codes(ctx, self.site)
         total = z.new_zeros(())
-        for i in range(len(self.groups)):
+        if self.joint and len(self.groups) >= 2:
+            total = est.dhsic([z[:, list(g)] for g in self.groups], self.kernel, self.bandwidth)
+        for i in range(len(self.groups) if not self.joint else 0):
             for j in range(i + 1, len(self.groups)):
                 total = total + est.hsic(z[:, list(self.groups[i])], z[:, list(self.groups[j])], self.kernel, self.bandwidth)
         if self.sensitive is not None:

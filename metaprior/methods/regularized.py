@@ -203,7 +203,9 @@ class HSICVAE(GaussianVAE):
     ``sensitive`` names an observed site ``s`` of a model that declares one (Python API,
     e.g. a conditional model ``pyro.sample("s", ..., obs=s)``) and adds HSIC(z, s); the
     built-in model has none, so from the command line leave it empty. ``lambda2 = 1000``
-    is our default (HSIC of 64 codes is of order 1e-3 to 1e-1). Logs ``hsic``.
+    is our default (HSIC of 64 codes is of order 1e-3 to 1e-1). ``joint=true`` replaces the
+    sum of pairwise HSICs between groups by the d-variable HSIC of all groups (Pfister et al.
+    2016, as Lopez et al. use; it differs only with three or more groups). Logs ``hsic``.
     """
 
     lambda2: float = 1000.0
@@ -211,6 +213,7 @@ class HSICVAE(GaussianVAE):
     kernel: str = "rbf"
     bandwidth: float = 0.0
     sensitive: str = ""
+    joint: bool = False
 
     def __post_init__(self):
         super().__post_init__()
@@ -221,7 +224,7 @@ class HSICVAE(GaussianVAE):
 
     def terms(self, data) -> dict[str, tuple[Any, Any]]:
         groups = parse_groups(self.groups, self.latent_dim, default="halves")
-        penalty = HSICPenalty(groups, self.kernel, self.bandwidth or None, self.sensitive or None)
+        penalty = HSICPenalty(groups, self.kernel, self.bandwidth or None, self.sensitive or None, joint=self.joint)
         return {"hsic": (self.lambda2, penalty)}
 
 
