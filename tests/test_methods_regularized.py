@@ -312,3 +312,19 @@ def test_hsic_vae_joint_penalty(digits):
     assert joint_res.parts["hsic"].item() == pytest.approx(pair_res.parts["hsic"].item() * 31**2 / 32**2, rel=1e-5)
     three, _ = loss_and_grads("hsic_vae", {"bandwidth": 1.0, "joint": True, "groups": "0;1;2,3"}, digits, x)
     assert three.parts["hsic"].item() > 0
+
+
+def test_info_dropout_log_uniform_prior_rate_is_the_negative_entropy(digits):
+    """Flat prior on log z: the rate is E[log q(log z|x)] = -sum_d (log alpha_d + log sqrt(2 pi e)) in expectation,
+    Achille & Soatto's KL -log alpha up to a constant."""
+    x = torch.as_tensor(digits.batch(0, 64, 0))
+    pyro.set_rng_seed(0)
+    pair, objective = configure(METHODS["info_dropout"], {**TINY, "prior": "log_uniform"}).build(digits)
+    res = objective(pair.model, pair.guide, x, dataset_size=digits.num_examples)
+    _, scale = pair.encode(x)
+    negentropy = -(torch.log(scale) + 0.5 * math.log(2 * math.pi * math.e)).sum(-1).mean()
+    assert res.parts["rate"].item() == pytest.approx(negentropy.item(), abs=0.5)   # one MC draw of E log q
+    vals = [objective(pair.model, pair.guide, x, dataset_size=digits.num_examples).parts["rate"].item() for _ in range(40)]
+    assert np.mean(vals) == pytest.approx(negentropy.item(), abs=0.1)
+    with pytest.raises(ValueError, match="prior"):
+        configure(METHODS["info_dropout"], {"prior": "cauchy"})

@@ -73,7 +73,12 @@ class GaussianVAE:
     def build_model(self, data) -> nn.Module:
         lik = make_likelihood(self.likelihood, data.observation_shape, data.is_binary, self.obs_scale)
         enc, dec = build_encoder_decoder(self.net, data.observation_shape, 2 * self.latent_dim, self.latent_dim, self.hidden)
-        return VAE(enc, dec, self.latent_dim, lik)
+        return self.vae(enc, dec, self.latent_dim, lik)
+
+    def vae(self, *args) -> nn.Module:
+        """The model/guide pair built from ``(encoder, decoder, latent_dim, likelihood)``; a method whose
+        model differs only in its prior (e.g. information dropout's log-uniform one) overrides this."""
+        return VAE(*args)
 
     def terms(self, data) -> dict[str, tuple[Any, Any]]:
         """Named regularizers ``{name: (weight, term)}`` added to the ELBO; none for the plain VAE."""

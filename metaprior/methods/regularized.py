@@ -26,6 +26,7 @@ from ..inference.critics import PriorCritic
 from ..inference.estimators import ESTIMATORS, KERNELS
 from ..inference.regularizers import (CapacityGap, DIPPenalty, HSICPenalty, KLDecomposition, MMDToPrior,
                                       check_weight, decomposed_rate, parse_groups)
+from ..models.vae import VAE
 from . import register
 from .base import GaussianVAE
 
@@ -379,6 +380,17 @@ class _Exp(nn.Module):
         return torch.exp(u)
 
 
+class _LogUniformPriorVAE(VAE):
+    """The VAE with Achille & Soatto's scale-invariant log-uniform prior on z, i.e. a flat (improper)
+    prior on the latent site ``log z``: its log-density is 0, so the Monte Carlo rate is
+    ``E[log q(log z | x)]``, the KL up to an additive constant."""
+
+    def prior(self, batch_size: int, like: torch.Tensor):
+        from torch.distributions import constraints
+
+        return dist.ImproperUniform(constraints.real, (batch_size,), (self.latent_dim,))
+
+
 @register("info_dropout")
 @dataclass(frozen=True)
 class InformationDropout(GaussianVAE):
@@ -396,16 +408,27 @@ class InformationDropout(GaussianVAE):
     ``KL(q(z|x) || prod_d q(z_d)) = I(x; z) + TC(z)`` is bounded by ``R + TC`` (I <= R); TC
     (invariant under the per-dimension log) is the mss estimate, logged as ``tc``, with
     weight ``beta`` (default 1).
+
+    ``prior="log_uniform"``: their ReLU case, the scale-invariant log-uniform prior on z (flat on
+    log z). Its KL is ``-log alpha(x)`` plus a constant (their Proposition 5), so the logged
+    ``rate`` is the Monte Carlo ``E[log q(log z | x)]``, which equals that up to the constant
+    ``-log sqrt(2 pi e)`` per dimension and can be negative; the prior is improper, so there
+    are no prior samples and no importance-weighted likelihood for this variant.
     """
 
     alpha_max: float = 0.7
     estimator: str = "mss"
+    prior: str = "log_normal"
 
     def __post_init__(self):
         super().__post_init__()
         if not 0 < self.alpha_max:
             raise ValueError(f"alpha_max must be > 0, got {self.alpha_max}")
         _check_choice("estimator", self.estimator, ESTIMATORS)
+        _check_choice("prior", self.prior, ("log_normal", "log_uniform"))
+
+    def vae(self, *args) -> nn.Module:
+        return _LogUniformPriorVAE(*args) if self.prior == "log_uniform" else VAE(*args)
 
     def build_model(self, data) -> nn.Module:
         vae = super().build_model(data)
