@@ -126,6 +126,9 @@ def encode_gaussian(pair, x: torch.Tensor, batch_size: int = 256) -> tuple[torch
             locs.append(loc)
             scales.append(scale)
     loc, scale = torch.cat(locs), torch.cat(scales)
+    if bool(torch.isfinite(loc).all()) and bool((scale == 0).all()):
+        raise ValueError(f"{type(pair).__name__} has a deterministic encoder (scale 0): the Gaussian-posterior "
+                         "quantities (KL per dimension, ELBO decomposition, importance weights) do not apply to it")
     bad = ~(torch.isfinite(loc).all(-1) & torch.isfinite(scale).all(-1) & (scale > 0).all(-1))
     if bool(bad.any()):
         raise ValueError(f"the encoder returned NaN, infinite or non-positive-scale codes for {int(bad.sum())} of "
