@@ -328,3 +328,15 @@ def test_info_dropout_log_uniform_prior_rate_is_the_negative_entropy(digits):
     assert np.mean(vals) == pytest.approx(negentropy.item(), abs=0.1)
     with pytest.raises(ValueError, match="prior"):
         configure(METHODS["info_dropout"], {"prior": "cauchy"})
+
+
+def test_importance_weights_refuse_a_deterministic_encoder(digits):
+    """A point-mass guide gives log p(x, f(x)), not an importance weight: a clear error, not a fake IWAE bound."""
+    from metaprior.inference.importance import DeterministicGuide, iwae_log_likelihood
+
+    pair, _ = configure(METHODS["ae"], TINY).build(digits)
+    x = torch.as_tensor(digits.batch(0, 4, 0))
+    with pytest.raises(DeterministicGuide, match="point mass"):
+        iwae_log_likelihood(pair.model, pair.guide, x, num_samples=3)
+    stochastic, _ = configure(METHODS["ae"], {**TINY, "deterministic": False}).build(digits)
+    assert torch.isfinite(iwae_log_likelihood(stochastic.model, stochastic.guide, x, num_samples=3)).all()

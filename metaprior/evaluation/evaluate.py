@@ -352,6 +352,7 @@ def evaluate_run(run, metrics: str | Sequence[str], preset: str = "default",
         if n:
             pools.get(split, _available(pools, split, n))
 
+    import sys
     import time
 
     t_start = time.perf_counter()
@@ -410,9 +411,16 @@ def evaluate_run(run, metrics: str | Sequence[str], preset: str = "default",
             for k, v in heldout_elbo(run.pair, x, seed=seed).items():
                 results[k] = {"value": v, "settings": {**hb, "samples": 1, "unit": "nats per example"}}
         elif metric == "iwae":
+            from ..inference.importance import DeterministicGuide
+
             x = torch.as_tensor(data.test_observations(num_examples, run.train.seed)).to(device)
             hb = {"num_examples": len(x), "split": "test", "checkpoint_step": run.step, "seed": seed}
-            for k, v in heldout_iwae(run.pair, x, num_samples=iwae_samples, seed=seed).items():
+            try:
+                values = heldout_iwae(run.pair, x, num_samples=iwae_samples, seed=seed)
+            except DeterministicGuide as e:
+                print(f"metaprior: skipped iwae: {e}", file=sys.stderr)
+                values = {}
+            for k, v in values.items():
                 results[k] = {"value": v, "settings": {**hb, "K": iwae_samples, "unit": "nats per example"}}
     say(f"done (at {time.perf_counter() - t_start:.0f} s)")
     return results

@@ -51,6 +51,16 @@ def _site_log_prob(name: str, site, rows: int) -> torch.Tensor:
     return lp
 
 
+class DeterministicGuide(ValueError):
+    """The guide has a point-mass (Delta) site, so importance weighting does not apply."""
+
+
+def _is_point_mass(fn) -> bool:
+    while hasattr(fn, "base_dist"):
+        fn = fn.base_dist
+    return type(fn).__name__ == "Delta"
+
+
 def importance_draws(model, guide, x: torch.Tensor, num_samples: int, chunk_size: int = 4096) -> ImportanceDraws:
     """K = ``num_samples`` draws z_bk ~ q(z | x_b) per example and their log-densities (:class:`ImportanceDraws`).
 
@@ -80,6 +90,11 @@ def importance_draws(model, guide, x: torch.Tensor, num_samples: int, chunk_size
                     prior = prior + lp
             q = torch.zeros_like(lik)
             for name, site in sample_sites(gtr):
+                if _is_point_mass(site["fn"]):
+                    raise DeterministicGuide(
+                        f"guide site {name!r} is a point mass (a deterministic encoder): log p(x, z) - log q(z | x) "
+                        "is then not an importance weight and gives no bound on log p(x); use a stochastic "
+                        "encoder (e.g. --set deterministic=false) for elbo/iwae/arviz")
                 q = q + _site_log_prob(name, site, B * k)
                 v = site["value"]
                 latents.setdefault(name, []).append(v.reshape(B, k, *v.shape[1:]))
