@@ -384,3 +384,20 @@ def test_bad_data_or_encoder_raise_value_error(data):
         M.beta_vae_score(data, lambda x: identity(x) * np.nan, 0, num_train=10, num_eval=10)
     with pytest.raises(ValueError, match="GroundTruthData"):
         M.beta_vae_score(object(), identity, 0, num_train=10, num_eval=10)
+
+
+def test_probes_against_an_identity_and_a_constant_representation():
+    from metaprior.evaluation.metrics import probe_accuracy, probe_r2
+
+    rng = np.random.default_rng(0)
+    v = rng.integers(0, 3, 600)
+    codes = np.eye(3)[v] + 0.01 * rng.standard_normal((600, 3))
+    const = np.zeros((600, 2))
+    acc, chance = probe_accuracy(codes[:400], v[:400], codes[400:], v[400:])
+    assert acc == 1.0 and chance == pytest.approx(np.bincount(v[400:]).max() / 200)
+    acc0, _ = probe_accuracy(const[:400], v[:400], const[400:], v[400:])
+    assert acc0 <= chance + 1e-9
+    y = codes @ np.array([1.0, -2.0, 0.5])
+    assert probe_r2(codes[:400], y[:400], codes[400:], y[400:]) > 0.999
+    assert probe_r2(const[:400], y[:400], const[400:], y[400:]) <= 0.0 + 1e-2
+    assert probe_r2(codes[:400], np.ones(400), codes[400:], np.ones(200)) == 0.0

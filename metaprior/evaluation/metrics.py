@@ -954,3 +954,49 @@ def metric_kwargs(metric: str, settings: dict | None = None) -> dict:
     settings = DEFAULT_SETTINGS[metric] if settings is None else settings
     params = inspect.signature(METRICS[metric]).parameters
     return {k: v for k, v in settings.items() if k in params}
+
+
+# ------------------------------------------------------------------ probes
+
+def probe_accuracy(c_train, v_train, c_test, v_test, kind: str = "logistic", seed: int = 0) -> tuple[float, float]:
+    """Held-out accuracy of a fresh probe from codes to integer attribute values, and the chance level
+    (the frequency of the test set's most common value). ``kind``: ``"logistic"`` (standardized codes,
+    logistic regression) or ``"mlp"`` (one hidden layer of 64): how much of an attribute a
+    representation still carries (the adversarial and fairness methods' check, e.g. Lample et al.
+    2017; Louizos et al. 2016 use the same kind of probe)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    v_train, v_test = np.asarray(v_train), np.asarray(v_test)
+    values, counts = np.unique(v_test, return_counts=True)
+    chance = float(counts.max() / counts.sum()) if len(v_test) else float("nan")
+    if len(np.unique(v_train)) < 2:
+        return chance, chance
+    if kind == "logistic":
+        clf = LogisticRegression(max_iter=2000)
+    elif kind == "mlp":
+        clf = MLPClassifier(hidden_layer_sizes=(64,), max_iter=300, random_state=seed)
+    else:
+        raise ValueError(f"unknown probe {kind!r}; choose logistic or mlp")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convergence warnings of the probes
+        model = make_pipeline(StandardScaler(), clf).fit(c_train, v_train)
+    return float((model.predict(c_test) == v_test).mean()), chance
+
+
+def probe_r2(c_train, y_train, c_test, y_test) -> float:
+    """Held-out R^2 of a linear regression from codes to a continuous attribute, against predicting the
+    training mean (0) -- 1 when the attribute is a linear function of the code; 0 for a constant target."""
+    from sklearn.linear_model import LinearRegression
+
+    y_train, y_test = np.asarray(y_train, dtype=np.float64), np.asarray(y_test, dtype=np.float64)
+    if np.ptp(y_train) == 0:
+        return 0.0
+    model = LinearRegression().fit(c_train, y_train)
+    resid = ((model.predict(c_test) - y_test) ** 2).sum()
+    total = ((y_test - np.mean(y_train)) ** 2).sum()
+    return float(1.0 - resid / total) if total > 0 else 0.0

@@ -70,6 +70,7 @@ from ..data.attributes import ENCODINGS, WithAttribute
 from ..inference.critics import Critic
 from ..inference.elbo import ELBO, TermContext
 from ..inference.regularizers import check_weight
+from ..evaluation.metrics import probe_accuracy, probe_r2
 from ..inference.schedules import Schedule, parse_schedule
 from ..models.fader import FaderNetwork, TwoStepAutoencoder
 from ..models.likelihoods import make_likelihood
@@ -448,42 +449,6 @@ def _chosen_metrics(metrics, valid: Sequence[str], who: str) -> set[str]:
     if bad:
         raise ValueError(f"unknown metric(s) {', '.join(bad)} for {who}; valid: {', '.join(valid)} (or all)")
     return set(metrics)
-
-
-def probe_accuracy(c_train, v_train, c_test, v_test, kind: str = "logistic", seed: int = 0) -> tuple[float, float]:
-    """Held-out accuracy of a fresh probe from codes to integer attribute values, and the chance level
-    (the frequency of the test set's most common value)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.neural_network import MLPClassifier
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    v_train, v_test = np.asarray(v_train), np.asarray(v_test)
-    chance = _chance(v_test)
-    if len(np.unique(v_train)) < 2:
-        return chance, chance
-    if kind == "logistic":
-        clf = LogisticRegression(max_iter=2000)
-    elif kind == "mlp":
-        clf = MLPClassifier(hidden_layer_sizes=(64,), max_iter=300, random_state=seed)
-    else:
-        raise ValueError(f"unknown probe {kind!r}; choose logistic or mlp")
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # convergence warnings of the probes
-        model = make_pipeline(StandardScaler(), clf).fit(c_train, v_train)
-    return float((model.predict(c_test) == v_test).mean()), chance
-
-
-def probe_r2(c_train, y_train, c_test, y_test) -> float:
-    """Held-out R^2 of a linear regression from codes to a continuous attribute (0: the training mean)."""
-    from sklearn.linear_model import LinearRegression
-
-    model = LinearRegression().fit(c_train, y_train)
-    resid = ((model.predict(c_test) - y_test) ** 2).sum()
-    total = ((y_test - np.mean(y_train)) ** 2).sum()
-    return float(1.0 - resid / total) if total > 0 else 0.0
 
 
 def heldout_distortion(pair, x: torch.Tensor, y: torch.Tensor) -> float:

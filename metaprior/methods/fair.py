@@ -263,18 +263,6 @@ def encode_means(pair: ConditionalVAE, data: WithAttribute, x: np.ndarray, value
     return np.concatenate(out)
 
 
-def linear_probe_r2(codes_train: np.ndarray, y_train: np.ndarray, codes_test: np.ndarray, y_test: np.ndarray) -> float:
-    """Held-out R^2 of an ordinary least-squares regression ``codes -> y`` (1 = y is a linear function of the code)."""
-    from sklearn.linear_model import LinearRegression
-    from sklearn.metrics import r2_score
-
-    y_train = np.asarray(y_train, dtype=np.float64)
-    if np.ptp(y_train) == 0:
-        return 0.0
-    model = LinearRegression().fit(codes_train, y_train)
-    return float(r2_score(np.asarray(y_test, dtype=np.float64), model.predict(codes_test)))
-
-
 def probe_scores(encode, data: WithAttribute, sensitive: str, seed: int = 0, num_train: int = PROBE_TRAIN,
                  num_test: int = PROBE_TEST, checkpoint_step: int | None = None, sets=None) -> dict:
     """Probe results ``{name: {"value", "settings"}}`` of the codes ``encode(x, s_values) -> [n, D]`` (numpy).
@@ -286,7 +274,7 @@ def probe_scores(encode, data: WithAttribute, sensitive: str, seed: int = 0, num
     other factor and their mean ``other_factors_r2``. ``encode`` may ignore s (an
     unconditional encoder). ``sets``: the output of :func:`probe_sets` (drawn if None).
     """
-    from ..evaluation.metrics import usefulness
+    from ..evaluation.metrics import probe_r2, usefulness
 
     x_tr, f_tr, x_te, f_te, names = sets if sets is not None else probe_sets(data, seed, num_train, num_test)
     col = names.index(sensitive) if sensitive in names else 0  # labelled data: the one column "label"
@@ -314,7 +302,7 @@ def probe_scores(encode, data: WithAttribute, sensitive: str, seed: int = 0, num
     if others:
         r2 = {}
         for j in others:
-            r2[names[j]] = linear_probe_r2(c_tr, f_tr[:, j], c_te, f_te[:, j])
+            r2[names[j]] = probe_r2(c_tr, f_tr[:, j], c_te, f_te[:, j])
             out[f"probe_r2.{names[j]}"] = {"value": r2[names[j]], "settings": {
                 **base, "factor": names[j], "probe": "least-squares regression codes -> factor index, test R^2"}}
         out["other_factors_r2"] = {"value": float(np.mean(list(r2.values()))), "settings": {
