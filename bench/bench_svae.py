@@ -26,6 +26,7 @@ plain VAE step is almost free.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 
@@ -52,7 +53,7 @@ def plain_vae_step(spec, likelihood, obs_scale):
         axes = tuple(range(loglik.ndim))
         return -jnp.mean(jnp.sum(loglik - kl, axis=axes[1:]) if loglik.ndim > 1 else loglik - kl)
 
-    @jax.jit
+    @functools.partial(jax.jit, donate_argnums=0)
     def step(state, x, key, lr):
         loss, grads = jax.value_and_grad(loss_fn)(state["net"], x, key)
         net, opt = adam_update(grads, state["opt"], state["net"], lr)
@@ -69,6 +70,8 @@ def bench_case(name, spec, data, batch_size, steps, rounds):
                      "opt": {"m": {k: v for k, v in state["opt"]["m"].items() if k != "dynamics"},
                              "v": {k: v for k, v in state["opt"]["v"].items() if k != "dynamics"},
                              "t": state["opt"]["t"]}}
+    # Both steps donate their state (buffers reused in place): give each its own copies.
+    state, ref_state = (jax.tree_util.tree_map(jnp.copy, s) for s in (state, ref_state))
     ref = plain_vae_step(spec, spec.likelihood, spec.obs_scale)
     batches = [jnp.asarray(data.batch(s, batch_size, 0)) for s in range(steps)]
     keys = [jax.random.fold_in(jax.random.PRNGKey(0), s) for s in range(steps)]

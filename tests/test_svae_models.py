@@ -24,7 +24,10 @@ from metaprior.svae import (
 from metaprior.svae.gmm import (
     GMMLocal,
     GMMSVAE,
+    _label_logits,
+    _z_natural,
     gmm_elbo_given_local,
+    gmm_encode,
     gmm_expected_globals,
     gmm_global_posterior,
     gmm_local_elbo,
@@ -35,6 +38,7 @@ from metaprior.svae.gmm import (
     gmm_svae_guide,
     gmm_svae_model,
 )
+from metaprior.svae.gmm import _gauss_moments as gaussian_moments
 from metaprior.svae.slds import (
     SLDSSVAE,
     _node_loglik,
@@ -171,6 +175,56 @@ def test_natural_gradient_is_the_fisher_preconditioned_gradient():
     np.testing.assert_allclose(np.linalg.solve(H_dir, g_dir), d_dir, rtol=1e-7, atol=1e-8)
     for k in range(K):
         np.testing.assert_allclose(np.linalg.solve(H_niw[k, :, k, :], g_niw[k]), d_niw[k], rtol=1e-6, atol=1e-8)
+
+
+def test_gmm_last_iteration_gradient_holds_the_earlier_iterations_fixed():
+    """``local_grad="last"`` (Johnson et al.'s code) gives the same loss as ``"unrolled"``, the
+    same decoder gradient, and encoder gradients equal to those of the objective in which the
+    labels entering the last iteration are a constant computed beforehand; with a single
+    iteration the two differ only through the start."""
+    rng = np.random.default_rng(5)
+    K, d, B = 3, 2, 6
+    with x64():
+        spec = GMMSVAE(obs_dim=2, num_components=K, latent_dim=d, hidden=(5,), meanfield_iters=3)
+        state = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), spec.init_state(jax.random.PRNGKey(1)))
+        state = {**state, "globals": random_globals(rng, K, d)}
+        x = jnp.asarray(rng.normal(size=(B, 2)).astype(np.float32), jnp.float64)   # gmm_svae_elbo reads float32
+        key = jax.random.PRNGKey(3)
+
+        def loss(net, mode):
+            s = {**state, "net": net}
+            return gmm_svae_elbo(GMMSVAE(**{**spec.__dict__, "local_grad": mode}), s, x, key, 50)["loss"]
+
+        g_last = jax.grad(loss)(state["net"], "last")
+        g_unr = jax.grad(loss)(state["net"], "unrolled")
+        assert float(loss(state["net"], "last")) == pytest.approx(float(loss(state["net"], "unrolled")), abs=1e-12)
+        for a, b in zip(jax.tree_util.tree_leaves(g_last["decoder"]), jax.tree_util.tree_leaves(g_unr["decoder"])):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+        enc_diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in
+                       zip(jax.tree_util.tree_leaves(g_last["encoder"]), jax.tree_util.tree_leaves(g_unr["encoder"])))
+        assert enc_diff > 1e-6   # the unrolled gradient also follows the earlier iterations
+
+        # The oracle: labels after 2 iterations computed as plain numbers, then one iteration
+        # and the final q(z) update as a differentiable function of the network.
+        eg = gmm_expected_globals(state["globals"])
+        j0, h0 = gmm_encode(spec, state["net"]["encoder"], x)
+        r_fixed = np.asarray(gmm_meanfield(eg, j0, h0, 2).r)
+
+        def oracle(net):
+            j, h = gmm_encode(spec, net["encoder"], x)
+            J, hz = _z_natural(eg, jnp.asarray(r_fixed), j, h)
+            Ezz, Ez, _, _ = gaussian_moments(J, hz)
+            r = jax.nn.softmax(_label_logits(eg, Ezz, Ez), -1)
+            J, hz = _z_natural(eg, r, j, h)
+            eps = jax.random.normal(key, h.shape, h.dtype)
+            local = GMMLocal(r, J, hz, j, h, jnp.zeros((0, B)))
+            return gmm_elbo_given_local(spec, net, state["globals"], state["prior"], x, local, eps, 50)["loss"]
+
+        g_oracle = jax.grad(oracle)(state["net"])
+        for a, b in zip(jax.tree_util.tree_leaves(g_last), jax.tree_util.tree_leaves(g_oracle)):
+            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="local_grad"):
+        GMMSVAE(obs_dim=2, local_grad="implicit")
 
 
 def test_gmm_bad_input():
@@ -411,6 +465,23 @@ def test_short_pinwheel_run_raises_the_elbo(tmp_path):
         assert r["elbo"] == pytest.approx(-(r["rate"] + r["distortion"]), abs=1e-4)
         assert r["loss"] == pytest.approx(-r["elbo"], abs=1e-6)
     assert res.step == 200
+
+
+def test_engine_donation_leaves_the_callers_state_intact():
+    """The jitted step donates its state; ``train`` copies first, so a state passed in (whose
+    prior and starting globals share arrays) stays readable and unchanged."""
+    from metaprior.inference.trainer import TrainConfig
+    from metaprior.svae.engine import train
+
+    data = load("pinwheel", num_per_class=10)
+    spec = GMMSVAE(obs_dim=2, num_components=3, hidden=(4,), meanfield_iters=2)
+    state = spec.init_state(jax.random.PRNGKey(0), np.asarray(data.x))
+    assert state["globals"]["dirichlet"] is state["prior"]["dirichlet"]   # shared on purpose
+    before = jax.tree_util.tree_map(np.array, state)
+    res = train(spec, data, TrainConfig(steps=3, batch_size=8, log_every=1, progress=False), state=state)
+    after = jax.tree_util.tree_map(np.asarray, state)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, before, after)
+    assert not np.array_equal(np.asarray(res.state["globals"]["dirichlet"]), before["globals"]["dirichlet"])
 
 
 def test_cli_svae_gmm_train_evaluate_plot_resume(tmp_path, capsys):

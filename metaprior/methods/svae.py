@@ -173,7 +173,8 @@ class SVAEGMM(_SVAERecipe):
     networks. ``likelihood``: auto (Bernoulli for binary data, else Gaussian with learned
     variance), gaussian_learned, gaussian (fixed ``obs_scale``) or bernoulli. ``init``:
     kmeans (k-means labels of the data place the initial components), kmeans_latent or random.
-    Model, objective and the natural-gradient derivation: :mod:`metaprior.svae.gmm`.
+    ``local_grad``: last (gradients through the last mean-field iteration only, as in Johnson
+    et al.'s code) or unrolled (through all of them). Model, objective and the natural-gradient derivation: :mod:`metaprior.svae.gmm`.
 
     The paper's pinwheel setting (5 arms x 100 points, radial std 0.3, tangential std 0.05,
     rate 0.25 -- the dataset's defaults)::
@@ -200,6 +201,7 @@ class SVAEGMM(_SVAERecipe):
     prior_scale: float = 1.0
     natgrad_step: float = 0.1
     init: str = "kmeans"
+    local_grad: str = "last"
 
     def __post_init__(self):
         from metaprior.svae.gmm import GMM_INITS
@@ -219,7 +221,8 @@ class SVAEGMM(_SVAERecipe):
         return GMMSVAE(obs_dim=obs_dim, num_components=self.num_components, latent_dim=self.latent_dim,
                        hidden=self.hidden, likelihood=likelihood, obs_scale=self.obs_scale,
                        meanfield_iters=self.meanfield_iters, alpha=self.alpha, kappa=self.kappa, nu=self.nu,
-                       prior_scale=self.prior_scale, natgrad_step=self.natgrad_step, init=self.init)
+                       prior_scale=self.prior_scale, natgrad_step=self.natgrad_step, init=self.init,
+                       local_grad=self.local_grad)
 
     @property
     def flatten(self):

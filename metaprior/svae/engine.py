@@ -48,11 +48,21 @@ class SVAEResult(NamedTuple):
     last_metrics: dict
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=(1, 2))
 def _step(spec, state, acc, x, key, lr, num_data):
+    """One step; ``state`` and ``acc`` are donated (their buffers are reused for the outputs, so
+    the caller must not use them afterwards, and no two leaves may share a buffer: see
+    :func:`_own`)."""
     state, terms = spec.train_step(state, x, key, lr, num_data)
     vec = jnp.stack([jnp.asarray(terms[k], jnp.float32) for k in spec.metric_names])
     return state, acc + vec
+
+
+def _own(tree):
+    """Fresh copies of every array of ``tree``, so that it can be donated to :func:`_step` (an
+    initial state may hold one array in two places, e.g. the prior and the starting globals;
+    and the caller's arrays stay valid)."""
+    return jax.tree_util.tree_map(lambda a: jnp.array(a, copy=True), tree)
 
 
 def _errors():
@@ -166,6 +176,7 @@ def train(spec, data, config, out=None, record: Mapping[str, Any] | None = None,
         if state is None:
             x0 = np.ascontiguousarray(data.batch(0, min(num_data, max(cfg.batch_size, 1024)), cfg.seed), dtype=np.float32)
             state = spec.init_state(jax.random.PRNGKey(cfg.seed), x0)
+    state, acc = _own(state), _own(acc)
     base_key = jax.random.PRNGKey(cfg.seed)
     lr, n_arr = jnp.float32(cfg.lr), jnp.float32(num_data)
     last: dict = {}
@@ -191,7 +202,7 @@ def train(spec, data, config, out=None, record: Mapping[str, Any] | None = None,
             if refit_at and step == refit_at:  # a one-off re-initialization (e.g. the SLDS dynamics)
                 sample = np.ascontiguousarray(data.batch(0, min(num_data, max(cfg.batch_size, 1024)), cfg.seed),
                                               dtype=np.float32)
-                state = spec.refit(state, sample)
+                state = _own(spec.refit(state, sample))
             x = np.ascontiguousarray(data.batch(step, cfg.batch_size, cfg.seed), dtype=np.float32)
             key = jax.random.fold_in(base_key, step)
             state, acc = _step(spec, state, acc, x, key, lr, n_arr)
@@ -202,7 +213,7 @@ def train(spec, data, config, out=None, record: Mapping[str, Any] | None = None,
             on_grid = step % cfg.log_every == 0
             ckpt_now = out is not None and (step % cfg.checkpoint_every == 0 or step == cfg.steps)
             if on_grid or ckpt_now or step == cfg.steps:
-                acc_np = np.asarray(acc)
+                acc_np = np.array(acc)   # a copy: acc's buffer is donated to the next step
                 check(acc_np)
             if on_grid:
                 last = _row(step, names, acc_np, acc_n, t0)

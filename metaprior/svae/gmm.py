@@ -35,7 +35,9 @@ Objective (Johnson et al., eq. 3 and 5, per example, batch of B out of N)
     with one reparameterized sample ``z_n ~ q(z_n)`` for the first term. Reported as
     ``elbo``, ``rate`` (``mean KL_loc + KL_glob / N``), ``distortion`` (``-E log p(x|z)``) and
     ``loss = -elbo`` in nats per example. Network parameters (recognition ``phi`` and decoder
-    ``gamma``) take Adam steps on ``-elbo`` with gradients through the mean-field iterations.
+    ``gamma``) take Adam steps on ``-elbo``; the gradient passes through the last mean-field
+    iteration, the earlier ones treated as constants as in Johnson et al.'s reference code
+    (``local_grad="unrolled"`` differentiates through all of them; see :func:`gmm_meanfield`).
 
 Natural gradient on the globals (Johnson et al., eq. 8; Hoffman et al. 2013, eq. 32)
     Hold the local factors fixed. The global part of the (N-scaled) objective is, for each
@@ -118,6 +120,7 @@ __all__ = [
 
 _LOG_2PI = math.log(2.0 * math.pi)
 GMM_INITS = ("kmeans", "kmeans_latent", "random")
+LOCAL_GRADS = ("last", "unrolled")
 METRICS = ("loss", "elbo", "rate", "distortion", "kl_local", "kl_global")
 
 
@@ -140,6 +143,9 @@ class GMMSVAE:
     init: how the component means and covariances start (see :meth:`init_state`): ``kmeans``
       (k-means labels of the observations), ``kmeans_latent`` (k-means of the initial
       recognition means) or ``random``.
+    local_grad: how gradients pass through the mean-field iterations (:func:`gmm_meanfield`):
+      ``last`` (Johnson et al.'s reference implementation: only the last iteration is
+      differentiated) or ``unrolled`` (all of them).
     """
 
     obs_dim: int
@@ -156,6 +162,7 @@ class GMMSVAE:
     init_spread: float = 2.0
     natgrad_step: float = 0.1
     init: str = "kmeans"
+    local_grad: str = "last"
 
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -178,6 +185,8 @@ class GMMSVAE:
             raise ValueError(f"natgrad_step must be in (0, 1], got {self.natgrad_step}")
         if self.init not in GMM_INITS:
             raise ValueError(f"unknown init {self.init!r}; valid: {', '.join(GMM_INITS)}")
+        if self.local_grad not in LOCAL_GRADS:
+            raise ValueError(f"unknown local_grad {self.local_grad!r}; valid: {', '.join(LOCAL_GRADS)}")
         if self.init_spread < 0:
             raise ValueError(f"init_spread must be >= 0, got {self.init_spread}")
 
@@ -341,10 +350,17 @@ def gmm_encode(spec: GMMSVAE, enc_params, x):
 
 
 def _label_logits(eg: GMMExpected, Ezz, Ez):
-    """``E[log pi_k] + E_q(z) E_q(theta)[log N(z | mu_k, Sigma_k)]`` for each k: (B, K)."""
-    d = Ez.shape[-1]
-    return (eg.log_pi + jnp.einsum("bij,kij->bk", Ezz, eg.neg_half_prec) + Ez @ eg.prec_mean.T
-            + eg.neg_half_quad + eg.neg_half_logdet - 0.5 * d * _LOG_2PI)
+    """``E[log pi_k] + E_q(z) E_q(theta)[log N(z | mu_k, Sigma_k)]`` for each k: (B, K).
+
+    One matrix product of the stacked statistics ``(vec E[zz^T], E[z], 1)`` (B, d^2 + d + 1)
+    with the stacked expected natural parameters (d^2 + d + 1, K): for the small d and K of
+    these models one dot is cheaper than several einsums or broadcast sums at any batch size
+    (likewise in :func:`_z_natural`)."""
+    B, d = Ez.shape
+    stats = jnp.concatenate([Ezz.reshape(B, d * d), Ez, jnp.ones((B, 1), Ez.dtype)], -1)
+    const = eg.log_pi + eg.neg_half_quad + eg.neg_half_logdet - 0.5 * d * _LOG_2PI
+    params = jnp.concatenate([eg.neg_half_prec.reshape(-1, d * d), eg.prec_mean, const[:, None]], -1)
+    return stats @ params.T
 
 
 def _chol_small(M):
@@ -384,9 +400,9 @@ def _gauss_moments(J, h):
         Linv = _tri_inv_small(_chol_small(symmetrize(J)))
     else:
         Linv = _tri_inv(_chol(J))
-    v = jnp.einsum("...ij,...j->...i", Linv, h)                    # L^-1 h
-    mean = jnp.einsum("...ji,...j->...i", Linv, v)                 # J^-1 h
-    cov = jnp.swapaxes(Linv, -1, -2) @ Linv
+    v = jnp.sum(Linv * h[..., None, :], -1)                        # L^-1 h
+    mean = jnp.sum(Linv * v[..., :, None], -2)                     # J^-1 h = L^-T L^-1 h
+    cov = jnp.sum(Linv[..., :, :, None] * Linv[..., :, None, :], -3)   # L^-T L^-1
     log_z = (0.5 * jnp.sum(v * v, -1) + jnp.sum(jnp.log(jnp.diagonal(Linv, axis1=-2, axis2=-1)), -1)
              + 0.5 * d * _LOG_2PI)
     return cov + mean[..., :, None] * mean[..., None, :], mean, log_z, Linv
@@ -399,8 +415,10 @@ def _xlogx(r):
 
 def _z_natural(eg: GMMExpected, r, j, h):
     """Mean-field update of ``q(z)``: ``J = sum_k r_k E[Sigma_k^-1] + diag(j)``, ``h = sum_k r_k E[Sigma_k^-1 mu_k] + h_psi``."""
-    J = -2.0 * jnp.einsum("bk,kij->bij", r, eg.neg_half_prec) + j[..., :, None] * jnp.eye(j.shape[-1], dtype=j.dtype)
-    return J, r @ eg.prec_mean + h
+    B, d = h.shape
+    mixed = r @ jnp.concatenate([-2.0 * eg.neg_half_prec.reshape(-1, d * d), eg.prec_mean], -1)   # (B, d^2 + d)
+    J = mixed[:, : d * d].reshape(B, d, d) + j[..., :, None] * jnp.eye(d, dtype=j.dtype)
+    return J, mixed[:, d * d:] + h
 
 
 def gmm_local_elbo(eg: GMMExpected, j, h, r, J, hz):
@@ -418,29 +436,55 @@ def gmm_local_elbo(eg: GMMExpected, j, h, r, J, hz):
     return value, E_psi
 
 
-def gmm_meanfield(eg: GMMExpected, j, h, num_iters: int, trace: bool = False) -> GMMLocal:
+def gmm_meanfield(eg: GMMExpected, j, h, num_iters: int, trace: bool = False, grad: str = "unrolled") -> GMMLocal:
     """Mean-field coordinate ascent on ``(q(c), q(z))`` for ``num_iters`` iterations.
 
     Start: ``r`` from ``q(z) = psi`` alone; then each iteration updates ``q(z)`` given ``r`` and
-    ``r`` given ``q(z)``. With ``trace=True`` the local objective is recorded after the first
-    ``q(z)`` and every later half-step (for tests: it must never decrease).
-    """
-    d = h.shape[-1]
-    mean0, var0 = h / j, 1.0 / j
-    Ezz0 = var0[..., :, None] * jnp.eye(d, dtype=h.dtype) + mean0[..., :, None] * mean0[..., None, :]
-    r0 = jax.nn.softmax(_label_logits(eg, Ezz0, mean0), -1)
+    ``r`` given ``q(z)``; a last ``q(z)`` update given the final ``r`` ends it. With
+    ``trace=True`` the local objective is recorded after the first ``q(z)`` and every later
+    half-step (for tests: it must never decrease).
 
-    def body(r, _):
+    ``grad`` says how gradients reach the recognition potentials and the globals through the
+    iterations (the forward values are the same either way):
+
+    - ``"unrolled"``: reverse-mode through every iteration.
+    - ``"last"``: the first ``num_iters - 1`` iterations (and the start) see ``j, h`` and the
+      globals as constants; only the last iteration and the final ``q(z)`` update are
+      differentiated. This is Johnson et al.'s reference implementation (the fixed point is
+      computed on unboxed potentials, then one round of updates is recomputed with gradients),
+      justified by the local objective being stationary in ``r`` at the fixed point; it skips
+      the reverse pass through the earlier iterations.
+    """
+    if grad not in LOCAL_GRADS:
+        raise ValueError(f"unknown grad {grad!r}; valid: {', '.join(LOCAL_GRADS)}")
+    d = h.shape[-1]
+
+    def start(eg, j, h):
+        mean0, var0 = h / j, 1.0 / j
+        Ezz0 = var0[..., :, None] * jnp.eye(d, dtype=h.dtype) + mean0[..., :, None] * mean0[..., None, :]
+        return jax.nn.softmax(_label_logits(eg, Ezz0, mean0), -1)
+
+    def update(eg, j, h, r):
         J, hz = _z_natural(eg, r, j, h)
         Ezz, Ez, _, _ = _gauss_moments(J, hz)
-        r_new = jax.nn.softmax(_label_logits(eg, Ezz, Ez), -1)
+        return jax.nn.softmax(_label_logits(eg, Ezz, Ez), -1), J, hz
+
+    if grad == "last" and not trace:
+        const = jax.lax.stop_gradient((eg, j, h))
+        r = jax.lax.fori_loop(0, num_iters - 1, lambda i, r: update(*const, r)[0], start(*const))
+        r, _, _ = update(eg, j, h, jax.lax.stop_gradient(r))
+        J, hz = _z_natural(eg, r, j, h)
+        return GMMLocal(r, J, hz, j, h, jnp.zeros((0,) + h.shape[:1], h.dtype))
+
+    def body(r, _):
+        r_new, J, hz = update(eg, j, h, r)
         if trace:
             out = jnp.stack([gmm_local_elbo(eg, j, h, r, J, hz)[0], gmm_local_elbo(eg, j, h, r_new, J, hz)[0]])
         else:
             out = None
         return r_new, out
 
-    r, tr = jax.lax.scan(body, r0, None, length=num_iters)
+    r, tr = jax.lax.scan(body, start(eg, j, h), None, length=num_iters)
     J, hz = _z_natural(eg, r, j, h)
     if trace:
         tr = jnp.concatenate([tr.reshape((-1,) + tr.shape[2:]), gmm_local_elbo(eg, j, h, r, J, hz)[0][None]], 0)
@@ -464,7 +508,7 @@ def gmm_elbo_given_local(spec: GMMSVAE, net, glob, prior, x, local: GMMLocal, ep
     L_loc, E_psi = gmm_local_elbo(eg, local.j, local.h_psi, local.r, local.J, local.h)
     kl_local = E_psi - L_loc
     _, mean, _, Linv = _gauss_moments(local.J, local.h)
-    z = mean + jnp.einsum("...ji,...j->...i", Linv, eps)            # J^-1 h + L^-T eps
+    z = mean + jnp.sum(Linv * eps[..., :, None], -2)               # J^-1 h + L^-T eps
     out = mlp_apply(net["decoder"], z)
     loglik = log_likelihood(spec.likelihood, out, x, spec.obs_scale)
     kl_global = dirichlet_kl(glob["dirichlet"], prior["dirichlet"]) + jnp.sum(niw_kl(glob["niw"], prior["niw"]))
@@ -485,7 +529,7 @@ def gmm_svae_elbo(spec: GMMSVAE, state, x, key, num_data=None, return_local: boo
     num_data = x.shape[0] if num_data is None else num_data
     net, glob = state["net"], jax.lax.stop_gradient(state["globals"])
     j, h = gmm_encode(spec, net["encoder"], x)
-    local = gmm_meanfield(gmm_expected_globals(glob), j, h, spec.meanfield_iters)
+    local = gmm_meanfield(gmm_expected_globals(glob), j, h, spec.meanfield_iters, grad=spec.local_grad)
     eps = jax.random.normal(key, h.shape, h.dtype)
     terms = gmm_elbo_given_local(spec, net, glob, state["prior"], x, local, eps, num_data)
     return (terms, local) if return_local else terms
@@ -504,7 +548,8 @@ def gmm_natural_gradient(glob, prior, local: GMMLocal, num_data):
     A0, b0, c0, n0 = prior["niw"]
     target = {
         "dirichlet": prior["dirichlet"] + counts,
-        "niw": (A0 + scale * jnp.einsum("bk,bij->kij", r, Ezz), b0 + scale * r.T @ Ez, c0 + counts, n0 + counts),
+        "niw": (A0 + scale * jnp.sum(r[:, :, None, None] * Ezz[:, None], 0), b0 + scale * jnp.sum(r[:, :, None] * Ez[:, None], 0),
+                c0 + counts, n0 + counts),
     }
     return jax.tree_util.tree_map(lambda t, g: t - g, target, glob)
 
