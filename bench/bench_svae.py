@@ -15,13 +15,14 @@ iterations, batch 64) and ``svae_slds`` (bouncing dot, 20 steps x 10 pixels, K =
 3 mean-field iterations, batch 16; the reference applies the per-frame VAE to every frame).
 Runs in about two minutes on 2 CPU cores (most of it compilation):
 
-    python bench/bench_svae.py [--rounds 7] [--steps 100] [--skip-slds] [--gmm-batch 64 256 500]
+    python bench/bench_svae.py [--rounds 7] [--steps 100] [--skip-slds] [--gmm-batch 64 256 450] [--fused]
 
 ``--gmm-batch`` repeats the GMM case at other batch sizes (at most 450, pinwheel's training
-split). The ratio grows with the batch (2.03 at 64, 2.58 at 256 with 3 mean-field iterations on an idle machine): the extra cost
-is per example (K = 5 components times the mean-field iterations and their reverse pass),
-not a fixed per-step overhead, against networks so small (2-D data, 2-D latents) that the
-plain VAE step is almost free.
+split); ``--fused`` adds a ``ratio <name>_fused`` line per case with every step of a round
+inside one jitted ``lax.scan`` (no per-step dispatch: the computation alone). Both steps
+donate their state, as the training engine does. Timings on a 2-core machine vary by
++-15 % between processes (thread placement); compare ratios from the same run. Measured
+numbers and what limits them: README, "Benchmarks".
 """
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ def plain_vae_step(spec, likelihood, obs_scale):
     return step
 
 
-def bench_case(name, spec, data, batch_size, steps, rounds):
+def bench_case(name, spec, data, batch_size, steps, rounds, fused=False):
     state = spec.init_state(jax.random.PRNGKey(0), data.batch(0, min(data.num_examples, 256), 0))
     ref_state = {"net": state["net"], "opt": state["opt"]}
     if "dynamics" in state["net"]:  # the plain VAE has no dynamics: drop them from its Adam state
@@ -102,6 +103,21 @@ def bench_case(name, spec, data, batch_size, steps, rounds):
           f"(batch {batch_size}, {rounds} rounds of {steps} steps, backend {jax.default_backend()}; "
           f"compile {t_compile_svae:.1f}s vs {t_compile_ref:.1f}s)")
     print(f"ratio {name} {s / r:.3f}", flush=True)
+    if fused:
+        # All steps inside one jitted lax.scan: no per-step dispatch, only the computation.
+        xs, ks = jnp.stack(batches), jnp.stack(keys)
+        svae_all = jax.jit(lambda st: jax.lax.scan(lambda c, b: spec.train_step(c, b[0], b[1], lr, n), st, (xs, ks))[0])
+        ref_all = jax.jit(lambda st: jax.lax.scan(lambda c, b: ref(c, b[0], b[1], lr), st, (xs, ks))[0])
+        jax.block_until_ready((svae_all(state), ref_all(ref_state)))
+        t_svae, t_ref = [], []
+        for _ in range(rounds):
+            for f, a, ts in ((svae_all, state, t_svae), (ref_all, ref_state, t_ref)):
+                t0 = time.perf_counter()
+                jax.block_until_ready(f(a))
+                ts.append(time.perf_counter() - t0)
+        s, r = statistics.median(t_svae), statistics.median(t_ref)
+        print(f"# {name}_fused: svae {1e3 * s / steps:.3f} ms/step, plain VAE {1e3 * r / steps:.3f} ms/step")
+        print(f"ratio {name}_fused {s / r:.3f}", flush=True)
 
 
 def main(argv=None):
@@ -111,15 +127,17 @@ def main(argv=None):
     p.add_argument("--skip-slds", action="store_true")
     p.add_argument("--gmm-batch", type=int, nargs="+", default=[64],
                    help="batch sizes of the svae_gmm case (pinwheel has 500 examples); one ratio line each")
+    p.add_argument("--fused", action="store_true",
+                   help="also time each case with all steps in one jitted lax.scan (no per-step dispatch)")
     args = p.parse_args(argv)
     pinwheel = load("pinwheel")
     gmm = configure(METHODS["svae_gmm"], {}).spec(pinwheel)
     for b in args.gmm_batch:
-        bench_case("svae_gmm" if b == 64 else f"svae_gmm_b{b}", gmm, pinwheel, b, args.steps, args.rounds)
+        bench_case("svae_gmm" if b == 64 else f"svae_gmm_b{b}", gmm, pinwheel, b, args.steps, args.rounds, args.fused)
     if not args.skip_slds:
         dots = load("bouncing_dot", length=20, width=10)
         slds = configure(METHODS["svae_slds"], {}).spec(dots)
-        bench_case("svae_slds", slds, dots, 16, max(10, args.steps // 5), args.rounds)
+        bench_case("svae_slds", slds, dots, 16, max(10, args.steps // 5), args.rounds, args.fused)
 
 
 if __name__ == "__main__":

@@ -409,6 +409,37 @@ def test_slds_meanfield_monotone_and_masks():
         np.testing.assert_allclose(local.r[1, :5], short.r[0], rtol=1e-8, atol=1e-12)
 
 
+def test_slds_local_grad_modes():
+    """``local_grad="last"`` and ``"unrolled"`` give the same loss; with one mean-field
+    iteration (which starts from constant uniform marginals) also the same gradients; with
+    several the decoder gradient agrees and the encoder/dynamics gradients do not."""
+    rng = np.random.default_rng(8)
+    B, Tn = 2, 6
+    x = jnp.asarray((rng.uniform(size=(B, Tn, 5)) < 0.3).astype(np.float32))
+    key = jax.random.PRNGKey(4)
+    with x64():
+        for iters in (1, 3):
+            specs = {m: SLDSSVAE(obs_dim=5, num_states=2, latent_dim=2, hidden=(6,), meanfield_iters=iters, local_grad=m)
+                     for m in ("last", "unrolled")}
+            state = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), specs["last"].init_state(jax.random.PRNGKey(2)))
+            state = {**state, "globals": {"init": jnp.asarray([0.5, 1.5]), "trans": jnp.asarray([[5.0, 0.5], [1.0, 4.0]])}}
+            vals, grads = {}, {}
+            for m, sp in specs.items():
+                vals[m], grads[m] = jax.value_and_grad(
+                    lambda net, sp=sp: slds_svae_elbo(sp, {**state, "net": net}, x, key, 10)["loss"])(state["net"])
+            assert float(vals["last"]) == pytest.approx(float(vals["unrolled"]), abs=1e-10)
+            leaves = {m: dict(zip(("decoder", "dynamics", "encoder"), (jax.tree_util.tree_leaves(g[k]) for k in
+                                                                      ("decoder", "dynamics", "encoder")))) for m, g in grads.items()}
+            for part in ("decoder", "dynamics", "encoder"):
+                diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(leaves["last"][part], leaves["unrolled"][part]))
+                if iters == 1 or part == "decoder":
+                    assert diff < 1e-9, (iters, part, diff)
+                else:
+                    assert diff > 1e-6, (iters, part, diff)
+    with pytest.raises(ValueError, match="local_grad"):
+        SLDSSVAE(obs_dim=5, local_grad="implicit")
+
+
 def test_slds_bad_input():
     with pytest.raises(ValueError, match="K.*>= 1"):
         SLDSSVAE(obs_dim=3, num_states=0)

@@ -85,7 +85,6 @@ from metaprior.svae.expfam import (
     niw_kl,
     niw_natural_to_standard,
     niw_standard_to_natural,
-    symmetrize,
 )
 from metaprior.svae.nets import (
     LIKELIHOODS,
@@ -363,43 +362,13 @@ def _label_logits(eg: GMMExpected, Ezz, Ez):
     return stats @ params.T
 
 
-def _chol_small(M):
-    """Unrolled lower Cholesky factor of ``M`` (..., d, d) for small static d (NaN if not PD)."""
-    d = M.shape[-1]
-    L = [[None] * d for _ in range(d)]
-    for c in range(d):
-        L[c][c] = jnp.sqrt(M[..., c, c] - sum((L[c][k] ** 2 for k in range(c)), 0.0))
-        for i in range(c + 1, d):
-            L[i][c] = (M[..., i, c] - sum((L[i][k] * L[c][k] for k in range(c)), 0.0)) / L[c][c]
-    return L
-
-
-def _tri_inv_small(L):
-    """Inverse of the unrolled lower-triangular factor ``L`` (nested lists) as a (..., d, d) array."""
-    d = len(L)
-    zero = jnp.zeros_like(L[0][0])
-    inv = [[zero] * d for _ in range(d)]
-    for i in range(d):
-        inv[i][i] = 1.0 / L[i][i]
-        for j in range(i):
-            inv[i][j] = -sum((L[i][k] * inv[k][j] for k in range(j, i)), 0.0) * inv[i][i]
-    return jnp.stack([jnp.stack(row, -1) for row in inv], -2)
-
-
-_SMALL_D = 3
-
-
 def _gauss_moments(J, h):
     """``(E[z z^T], E[z], log normalizer, L^-1)`` of ``exp(-1/2 z^T J z + h^T z)`` from one Cholesky
     factorization ``J = L L^T``. The same quantities as ``gaussian_expected_stats`` and
     ``gaussian_log_normalizer`` of :mod:`metaprior.svae.expfam`, computed once; for ``d <= 3``
-    the factorization is unrolled into elementwise code that XLA fuses (several times faster
-    than batched LAPACK calls for the many 2x2 matrices of a batch on CPU)."""
+    the factorization is unrolled into elementwise code (:func:`~metaprior.svae.expfam._chol`)."""
     d = h.shape[-1]
-    if d <= _SMALL_D:
-        Linv = _tri_inv_small(_chol_small(symmetrize(J)))
-    else:
-        Linv = _tri_inv(_chol(J))
+    Linv = _tri_inv(_chol(J))
     v = jnp.sum(Linv * h[..., None, :], -1)                        # L^-1 h
     mean = jnp.sum(Linv * v[..., :, None], -2)                     # J^-1 h = L^-T L^-1 h
     cov = jnp.sum(Linv[..., :, :, None] * Linv[..., :, None, :], -3)   # L^-T L^-1

@@ -53,7 +53,9 @@ import numpy as np
 
 from metaprior.svae.expfam import (
     _check_pd,
+    _dot,
     _inv_pd,
+    _mm,
     _mv,
     _np,
     _outer,
@@ -282,14 +284,14 @@ def _filter(mu0, Sigma0, A, Q, J, h) -> LDSFilterResult:
         m_pred, P_pred = carry
         J_t, h_t, A_t, Q_t = xs
         P_inv, logdet_P = _inv_pd(P_pred)
-        eta_pred = P_inv @ m_pred
+        eta_pred = _mv(P_inv, m_pred)
         Lam = symmetrize(P_inv + J_t)
         eta = eta_pred + h_t
         P_f, logdet_Lam = _inv_pd(Lam)
-        m_f = P_f @ eta
-        log_z = 0.5 * (eta @ m_f - logdet_Lam) - 0.5 * (m_pred @ eta_pred + logdet_P)
-        m_next = A_t @ m_f
-        P_next = symmetrize(A_t @ P_f @ A_t.T + Q_t)
+        m_f = _mv(P_f, eta)
+        log_z = 0.5 * (_dot(eta, m_f) - logdet_Lam) - 0.5 * (_dot(m_pred, eta_pred) + logdet_P)
+        m_next = _mv(A_t, m_f)
+        P_next = symmetrize(_mm(_mm(A_t, P_f), A_t.T) + Q_t)
         out = (m_f, P_f, Lam, eta, m_pred, P_pred, log_z)
         return (m_next, P_next), out
 
@@ -306,10 +308,10 @@ def _smooth(mu0, Sigma0, A, Q, J, h) -> LDSPosterior:
         m_s_next, P_s_next = carry
         m_f, P_f, A_t, m_pred_next, P_pred_next = xs
         P_pred_inv, _ = _inv_pd(P_pred_next)
-        G = P_f @ A_t.T @ P_pred_inv
-        m_s = m_f + G @ (m_s_next - m_pred_next)
-        P_s = symmetrize(P_f + G @ (P_s_next - P_pred_next) @ G.T)
-        cross = G @ P_s_next
+        G = _mm(_mm(P_f, A_t.T), P_pred_inv)
+        m_s = m_f + _mv(G, m_s_next - m_pred_next)
+        P_s = symmetrize(P_f + _mm(_mm(G, P_s_next - P_pred_next), G.T))
+        cross = _mm(G, P_s_next)
         return (m_s, P_s), (m_s, P_s, cross)
 
     xs = (f.filtered_means[:-1], f.filtered_covs[:-1], A, f.predicted_means[1:], f.predicted_covs[1:])

@@ -65,6 +65,7 @@ from metaprior.svae.expfam import (
     dirichlet_kl,
     dirichlet_standard_to_natural,
 )
+from metaprior.svae.gmm import LOCAL_GRADS
 from metaprior.svae.hmm import hmm_forward_backward
 from metaprior.svae.lds import (
     kalman_smoother,
@@ -120,6 +121,10 @@ class SLDSSVAE:
     kl_warmup: the rate's weight rises linearly from 0 to 1 over this many steps (0: none);
       the logged ``loss`` is the weighted objective, ``elbo`` the ELBO itself. Without it the
       one-hot frames of ``bouncing_dot`` collapse the posterior for the first 1000-2500 steps.
+    local_grad: ``unrolled`` (gradients through every mean-field iteration) or ``last``
+      (through the last one only, as in Johnson et al.'s code; the earlier ones see the
+      potentials and dynamics as constants). The forward values are the same; ``last`` is
+      cheaper but starves the Adam-learned dynamics (see the ``svae_slds`` recipe).
     """
 
     obs_dim: int
@@ -135,6 +140,7 @@ class SLDSSVAE:
     drift_init: float = 0.5
     refit_step: int = 0
     kl_warmup: int = 0
+    local_grad: str = "unrolled"
 
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -148,6 +154,8 @@ class SLDSSVAE:
             raise ValueError(f"latent_dim and obs_dim must be >= 1, got {self.latent_dim}, {self.obs_dim}")
         if self.meanfield_iters < 1:
             raise ValueError(f"meanfield_iters must be >= 1, got {self.meanfield_iters}")
+        if self.local_grad not in LOCAL_GRADS:
+            raise ValueError(f"unknown local_grad {self.local_grad!r}; valid: {', '.join(LOCAL_GRADS)}")
         if self.likelihood not in LIKELIHOODS:
             raise ValueError(f"unknown likelihood {self.likelihood!r}; valid: {', '.join(LIKELIHOODS)}")
         if any(h < 1 for h in self.hidden):
@@ -324,30 +332,40 @@ def slds_local_elbo(log_Zc, r, ll_c, log_Zx, r_x, ll_x):
     return log_Zc + log_Zx + jnp.sum((r - r_x) * ll_x) - jnp.sum(r * ll_c)
 
 
-def _meanfield_one(dyn, Elog_pi0, Elog_P, j, h, valid, num_iters: int, trace: bool):
+def _meanfield_one(dyn, Elog_pi0, Elog_P, j, h, valid, num_iters: int, trace: bool, grad: str = "unrolled"):
     T, d = h.shape
     K = Elog_pi0.shape[0]
     j, h = jnp.where(valid[:, None], j, 0.0), jnp.where(valid[:, None], h, 0.0)
     valid_next = valid[1:]
 
-    def body(carry, i):
-        # One iteration: q(x) given r, then q(c) given q(x). The first starts from uniform r
-        # (its "after q(x)" objective is undefined and is dropped from the trace).
-        r, log_Zc, ll_c = carry[:3]
-        post, log_Zx, kal = _x_update(dyn, j, h, r[1:], valid_next)
-        ll_x = _node_loglik(dyn, post, valid)
-        after_x = slds_local_elbo(log_Zc, r, ll_c, log_Zx, r, ll_x)
-        hp = hmm_forward_backward(Elog_pi0, Elog_P, ll_x, valid)
-        after_c = slds_local_elbo(hp.log_normalizer, hp.marginals, ll_x, log_Zx, r, ll_x)
-        new = (hp.marginals, hp.log_normalizer, ll_x, hp.expected_transitions, post, log_Zx, kal, ll_x, r)
-        return new, (jnp.stack([after_x, after_c]) if trace else None)
+    def make_body(dyn, j, h):
+        def body(carry, i):
+            # One iteration: q(x) given r, then q(c) given q(x). The first starts from uniform r
+            # (its "after q(x)" objective is undefined and is dropped from the trace).
+            r, log_Zc, ll_c = carry[:3]
+            post, log_Zx, kal = _x_update(dyn, j, h, r[1:], valid_next)
+            ll_x = _node_loglik(dyn, post, valid)
+            after_x = slds_local_elbo(log_Zc, r, ll_c, log_Zx, r, ll_x)
+            hp = hmm_forward_backward(Elog_pi0, Elog_P, ll_x, valid)
+            after_c = slds_local_elbo(hp.log_normalizer, hp.marginals, ll_x, log_Zx, r, ll_x)
+            new = (hp.marginals, hp.log_normalizer, ll_x, hp.expected_transitions, post, log_Zx, kal, ll_x, r)
+            return new, (jnp.stack([after_x, after_c]) if trace else None)
 
+        return body
+
+    body = make_body(dyn, j, h)
     r0 = jnp.full((T, K), 1.0 / K, h.dtype)
     z = jnp.zeros((), h.dtype)
     shapes = jax.eval_shape(lambda: body((r0, z, jnp.zeros((T, K), h.dtype)), 0)[0])
     init = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
     init = (r0, z, jnp.zeros((T, K), h.dtype)) + tuple(init[3:])
-    carry, tr = jax.lax.scan(body, init, jnp.arange(num_iters))
+    if grad == "last" and not trace:
+        # Johnson et al.'s scheme (see gmm_meanfield): the first num_iters - 1 iterations treat
+        # the potentials and dynamics as constants; only the last one is differentiated.
+        carry, _ = jax.lax.scan(make_body(*jax.lax.stop_gradient((dyn, j, h))), init, jnp.arange(num_iters - 1))
+        carry, tr = body(jax.lax.stop_gradient(carry), num_iters - 1)
+    else:
+        carry, tr = jax.lax.scan(body, init, jnp.arange(num_iters))
     r, log_Zc, ll_c, xi, post, log_Zx, kal, ll_x, r_x = carry
     L = slds_local_elbo(log_Zc, r, ll_c, log_Zx, r_x, ll_x)
     Exx, _, m = lds_expected_stats(post)
@@ -361,7 +379,8 @@ def slds_meanfield(spec: SLDSSVAE, net, glob, j, h, mask, trace: bool = False) -
     dyn = slds_dynamics(net)
     Elog_pi0 = dirichlet_expected_stats(glob["init"])
     Elog_P = dirichlet_expected_stats(glob["trans"])
-    one = lambda j, h, v: _meanfield_one(dyn, Elog_pi0, Elog_P, j, h, v, spec.meanfield_iters, trace)  # noqa: E731
+    one = lambda j, h, v: _meanfield_one(dyn, Elog_pi0, Elog_P, j, h, v, spec.meanfield_iters, trace,  # noqa: E731
+                                         spec.local_grad)
     return jax.vmap(one)(j, h, mask)
 
 
