@@ -70,6 +70,18 @@ class _SVAERecipe:
     def build(self, data):
         raise ValueError(f"{type(self).__name__} is trained by its own JAX engine (train_run), not the Pyro trainer")
 
+    def check_likelihood(self) -> None:
+        valid = ("auto", "gaussian_learned", "gaussian", "bernoulli")
+        if self.likelihood not in valid:
+            raise ValueError(f"unknown likelihood {self.likelihood!r}; valid: {', '.join(valid)}")
+
+    def spec_of(self, cls, **settings):
+        """A ``cls`` spec from every setting of this recipe that ``cls`` also has (by name), then ``settings``."""
+        import dataclasses
+
+        shared = {f.name for f in dataclasses.fields(cls)} & {f.name for f in dataclasses.fields(self)}
+        return cls(**{**{k: getattr(self, k) for k in shared}, **settings})
+
     def resolved_likelihood(self, data) -> str:
         if self.likelihood != "auto":
             return self.likelihood
@@ -209,10 +221,7 @@ class SVAEGMM(_SVAERecipe):
         from metaprior.svae.gmm import GMM_INITS
 
         object.__setattr__(self, "hidden", tuple(self.hidden))
-        if self.num_components < 1:
-            raise ValueError(f"num_components (K) must be >= 1, got {self.num_components}")
-        if self.likelihood not in ("auto", "gaussian_learned", "gaussian", "bernoulli"):
-            raise ValueError(f"unknown likelihood {self.likelihood!r}; valid: auto, gaussian_learned, gaussian, bernoulli")
+        self.check_likelihood()
         if self.init not in GMM_INITS:
             raise ValueError(f"unknown init {self.init!r}; valid: {', '.join(GMM_INITS)}")
         self.spec_for(2, "gaussian")  # validates the remaining settings
@@ -220,11 +229,7 @@ class SVAEGMM(_SVAERecipe):
     def spec_for(self, obs_dim: int, likelihood: str):
         from metaprior.svae.gmm import GMMSVAE
 
-        return GMMSVAE(obs_dim=obs_dim, num_components=self.num_components, latent_dim=self.latent_dim,
-                       hidden=self.hidden, likelihood=likelihood, obs_scale=self.obs_scale,
-                       meanfield_iters=self.meanfield_iters, alpha=self.alpha, kappa=self.kappa, nu=self.nu,
-                       prior_scale=self.prior_scale, natgrad_step=self.natgrad_step, init=self.init,
-                       local_grad=self.local_grad)
+        return self.spec_of(GMMSVAE, obs_dim=obs_dim, likelihood=likelihood)
 
     @property
     def flatten(self):
@@ -362,20 +367,14 @@ class SVAESLDS(_SVAERecipe):
 
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(self.hidden))
-        if self.num_states < 1:
-            raise ValueError(f"num_states (K) must be >= 1, got {self.num_states}")
-        if self.likelihood not in ("auto", "gaussian_learned", "gaussian", "bernoulli"):
-            raise ValueError(f"unknown likelihood {self.likelihood!r}; valid: auto, gaussian_learned, gaussian, bernoulli")
-        self.spec_for(2, "gaussian")
+        self.check_likelihood()
+        self.spec_for(2, "gaussian")  # validates the remaining settings
 
     def spec_for(self, obs_dim: int, likelihood: str):
         from metaprior.svae.slds import SLDSSVAE
 
-        return SLDSSVAE(obs_dim=obs_dim, num_states=self.num_states, latent_dim=self.latent_dim, hidden=self.hidden,
-                        likelihood=likelihood, obs_scale=self.obs_scale, meanfield_iters=self.meanfield_iters,
-                        alpha=self.alpha, stickiness=self.stickiness, natgrad_step=self.natgrad_step,
-                        drift_init=self.drift_init, refit_step=self.refit_step if self.num_states > 1 else 0,
-                        kl_warmup=self.kl_warmup, local_grad=self.local_grad)
+        return self.spec_of(SLDSSVAE, obs_dim=obs_dim, likelihood=likelihood,
+                            refit_step=self.refit_step if self.num_states > 1 else 0)
 
     def spec(self, data):
         x = getattr(data, "x", None)

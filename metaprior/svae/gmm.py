@@ -87,7 +87,8 @@ from metaprior.svae.expfam import (
     niw_standard_to_natural,
 )
 from metaprior.svae.nets import (
-    LIKELIHOODS,
+    LOCAL_GRADS,
+    check_spec,
     adam_init,
     adam_update,
     check_observations,
@@ -119,7 +120,6 @@ __all__ = [
 
 _LOG_2PI = math.log(2.0 * math.pi)
 GMM_INITS = ("kmeans", "kmeans_latent", "random")
-LOCAL_GRADS = ("last", "unrolled")
 METRICS = ("loss", "elbo", "rate", "distortion", "kl_local", "kl_global")
 
 
@@ -164,28 +164,11 @@ class GMMSVAE:
     local_grad: str = "last"
 
     def __post_init__(self):
-        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
-        if int(self.num_components) != self.num_components or self.num_components < 1:
-            raise ValueError(f"num_components (K) must be an integer >= 1, got {self.num_components}")
-        if self.latent_dim < 1 or self.obs_dim < 1:
-            raise ValueError(f"latent_dim and obs_dim must be >= 1, got {self.latent_dim}, {self.obs_dim}")
-        if self.meanfield_iters < 1:
-            raise ValueError(f"meanfield_iters must be >= 1, got {self.meanfield_iters}")
-        if self.likelihood not in LIKELIHOODS:
-            raise ValueError(f"unknown likelihood {self.likelihood!r}; valid: {', '.join(LIKELIHOODS)}")
-        if any(h < 1 for h in self.hidden):
-            raise ValueError(f"hidden widths must be >= 1, got {self.hidden}")
-        for name in ("alpha", "kappa", "prior_scale", "obs_scale"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        check_spec(self, counts=("num_components",), positive=("alpha", "kappa", "prior_scale"))
         if not self.nu > self.latent_dim - 1:
             raise ValueError(f"nu (NIW degrees of freedom) must be > latent_dim - 1 = {self.latent_dim - 1}, got {self.nu}")
-        if not 0.0 < self.natgrad_step <= 1.0:
-            raise ValueError(f"natgrad_step must be in (0, 1], got {self.natgrad_step}")
         if self.init not in GMM_INITS:
             raise ValueError(f"unknown init {self.init!r}; valid: {', '.join(GMM_INITS)}")
-        if self.local_grad not in LOCAL_GRADS:
-            raise ValueError(f"unknown local_grad {self.local_grad!r}; valid: {', '.join(LOCAL_GRADS)}")
         if self.init_spread < 0:
             raise ValueError(f"init_spread must be >= 0, got {self.init_spread}")
 

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["mlp_init", "mlp_apply", "adam_init", "adam_update", "check_observations", "to_numpy",
+__all__ = ["check_spec", "mlp_init", "mlp_apply", "adam_init", "adam_update", "check_observations", "to_numpy",
            "LIKELIHOODS", "likelihood_out_dim", "likelihood_params", "log_likelihood"]
 
 
@@ -99,6 +99,38 @@ def to_numpy(tree):
 # --------------------------------------------------------------------------------------
 
 LIKELIHOODS = ("gaussian_learned", "gaussian", "bernoulli")
+LOCAL_GRADS = ("last", "unrolled")
+
+
+def check_spec(spec, counts: Sequence[str] = (), positive: Sequence[str] = ()) -> None:
+    """Validate the settings every SVAE spec shares (called from their ``__post_init__``).
+
+    Normalizes ``hidden`` to a tuple of ints and raises ``ValueError`` naming the setting for:
+    ``latent_dim`` or ``obs_dim`` < 1, ``meanfield_iters`` < 1, an unknown ``likelihood`` or
+    ``local_grad``, a hidden width < 1, ``natgrad_step`` outside (0, 1], ``obs_scale`` <= 0;
+    and for the spec's own ``counts`` (integers >= 1, e.g. the number of components) and
+    ``positive`` settings (> 0).
+    """
+    object.__setattr__(spec, "hidden", tuple(int(h) for h in spec.hidden))
+    for name in counts:
+        v = getattr(spec, name)
+        if int(v) != v or v < 1:
+            raise ValueError(f"{name} (K) must be an integer >= 1, got {v}")
+    if spec.latent_dim < 1 or spec.obs_dim < 1:
+        raise ValueError(f"latent_dim and obs_dim must be >= 1, got {spec.latent_dim}, {spec.obs_dim}")
+    if spec.meanfield_iters < 1:
+        raise ValueError(f"meanfield_iters must be >= 1, got {spec.meanfield_iters}")
+    if spec.likelihood not in LIKELIHOODS:
+        raise ValueError(f"unknown likelihood {spec.likelihood!r}; valid: {', '.join(LIKELIHOODS)}")
+    if spec.local_grad not in LOCAL_GRADS:
+        raise ValueError(f"unknown local_grad {spec.local_grad!r}; valid: {', '.join(LOCAL_GRADS)}")
+    if any(h < 1 for h in spec.hidden):
+        raise ValueError(f"hidden widths must be >= 1, got {spec.hidden}")
+    for name in ("obs_scale", *positive):
+        if not getattr(spec, name) > 0:
+            raise ValueError(f"{name} must be > 0, got {getattr(spec, name)}")
+    if not 0.0 < spec.natgrad_step <= 1.0:
+        raise ValueError(f"natgrad_step must be in (0, 1], got {spec.natgrad_step}")
 _LOG_2PI = math.log(2.0 * math.pi)
 
 

@@ -65,7 +65,6 @@ from metaprior.svae.expfam import (
     dirichlet_kl,
     dirichlet_standard_to_natural,
 )
-from metaprior.svae.gmm import LOCAL_GRADS
 from metaprior.svae.hmm import hmm_forward_backward
 from metaprior.svae.lds import (
     kalman_smoother,
@@ -74,7 +73,7 @@ from metaprior.svae.lds import (
     stack_sequences,
 )
 from metaprior.svae.nets import (
-    LIKELIHOODS,
+    check_spec,
     adam_init,
     adam_update,
     check_observations,
@@ -143,27 +142,13 @@ class SLDSSVAE:
     local_grad: str = "unrolled"
 
     def __post_init__(self):
-        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        check_spec(self, counts=("num_states",), positive=("alpha",))
         if int(self.refit_step) != self.refit_step or self.refit_step < 0:
             raise ValueError(f"refit_step must be an integer >= 0 (0: never), got {self.refit_step}")
         if int(self.kl_warmup) != self.kl_warmup or self.kl_warmup < 0:
             raise ValueError(f"kl_warmup must be an integer >= 0 (0: none), got {self.kl_warmup}")
-        if int(self.num_states) != self.num_states or self.num_states < 1:
-            raise ValueError(f"num_states (K) must be an integer >= 1, got {self.num_states}")
-        if self.latent_dim < 1 or self.obs_dim < 1:
-            raise ValueError(f"latent_dim and obs_dim must be >= 1, got {self.latent_dim}, {self.obs_dim}")
-        if self.meanfield_iters < 1:
-            raise ValueError(f"meanfield_iters must be >= 1, got {self.meanfield_iters}")
-        if self.local_grad not in LOCAL_GRADS:
-            raise ValueError(f"unknown local_grad {self.local_grad!r}; valid: {', '.join(LOCAL_GRADS)}")
-        if self.likelihood not in LIKELIHOODS:
-            raise ValueError(f"unknown likelihood {self.likelihood!r}; valid: {', '.join(LIKELIHOODS)}")
-        if any(h < 1 for h in self.hidden):
-            raise ValueError(f"hidden widths must be >= 1, got {self.hidden}")
-        if not (self.alpha > 0 and self.obs_scale > 0 and self.stickiness >= 0):
-            raise ValueError("alpha and obs_scale must be > 0 and stickiness >= 0")
-        if not 0.0 < self.natgrad_step <= 1.0:
-            raise ValueError(f"natgrad_step must be in (0, 1], got {self.natgrad_step}")
+        if self.stickiness < 0:
+            raise ValueError(f"stickiness must be >= 0, got {self.stickiness}")
 
     metric_names = METRICS
 
