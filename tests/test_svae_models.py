@@ -45,6 +45,7 @@ from metaprior.svae.slds import (
     _x_update,
     prepare_sequences,
     slds_local_elbo,
+    slds_global_posterior,
     slds_meanfield,
     slds_prior,
     slds_svae_elbo,
@@ -438,6 +439,28 @@ def test_slds_local_grad_modes():
                     assert diff > 1e-6, (iters, part, diff)
     with pytest.raises(ValueError, match="local_grad"):
         SLDSSVAE(obs_dim=5, local_grad="implicit")
+
+
+def test_slds_global_posterior_as_inference_data():
+    """Dirichlet draws of the HMM globals: shapes, rows on the simplex, and sample means equal
+    to the Dirichlet means alpha / sum(alpha) within Monte Carlo error; dynamics as constant data."""
+    import arviz as az
+
+    state = SLDS_SPEC.init_state(jax.random.PRNGKey(0))
+    state = {**state, "globals": {"init": jnp.asarray([0.5, 3.0]), "trans": jnp.asarray([[8.0, 1.0], [0.0, 4.0]])}}
+    idata = slds_global_posterior(state, num_samples=4000, seed=1)
+    assert isinstance(idata, az.InferenceData)
+    P = idata.posterior["transition"].values
+    assert P.shape == (1, 4000, 2, 2) and idata.posterior["initial_probs"].shape == (1, 4000, 2)
+    np.testing.assert_allclose(P.sum(-1), 1.0, rtol=1e-9)
+    alpha = np.array([[9.0, 2.0], [1.0, 5.0]])                  # natural parameter + 1
+    mean = alpha / alpha.sum(-1, keepdims=True)
+    se = np.sqrt(mean * (1 - mean) / (alpha.sum(-1, keepdims=True) + 1) / 4000)
+    assert np.all(np.abs(P[0].mean(0) - mean) < 4 * se)
+    np.testing.assert_allclose(idata.posterior["initial_probs"].values[0].mean(0), [1.5 / 5.5, 4.0 / 5.5], atol=0.02)
+    np.testing.assert_allclose(idata.constant_data["A"].values, np.asarray(state["net"]["dynamics"]["A"]))
+    with pytest.raises(ValueError, match="num_samples"):
+        slds_global_posterior(state, num_samples=0)
 
 
 def test_slds_bad_input():

@@ -328,6 +328,10 @@ class SVAESLDS(_SVAERecipe):
         metaprior evaluate runs/svae_slds     # ari/nmi of the inferred states, held-out elbo
         metaprior plot runs/svae_slds         # inferred against true state sequences
 
+    In Python, ``metaprior.svae.slds_global_posterior(state)`` gives the HMM globals'
+    posterior (initial-state and transition probabilities, with the dynamics as constant
+    data) as ArviZ ``InferenceData``.
+
     Training aids (both on by default): ``kl_warmup`` steps of linear KL warm-up and, at
     ``refit_step``, a one-off k-means refit of the switching dynamics from the latent paths
     learned so far (:func:`metaprior.svae.slds.slds_refit_dynamics`). Measured on one-hot

@@ -53,7 +53,7 @@ from metaprior.svae.lds import (
 )
 
 from metaprior.svae.gmm import GMMSVAE, gmm_global_posterior, gmm_infer, gmm_svae_guide, gmm_svae_model
-from metaprior.svae.slds import SLDSSVAE, slds_infer
+from metaprior.svae.slds import SLDSSVAE, slds_global_posterior, slds_infer
 from metaprior.svae.slds_numpyro import GaussianChain, slds_path_log_prob, slds_svae_guide, slds_svae_model
 
 __all__ = [
@@ -71,6 +71,7 @@ __all__ = [
     "gmm_infer",
     "SLDSSVAE",
     "slds_infer",
+    "slds_global_posterior",
     "slds_svae_model",
     "slds_svae_guide",
     "slds_path_log_prob",

@@ -63,6 +63,7 @@ from metaprior.svae.expfam import (
     _inv_pd,
     dirichlet_expected_stats,
     dirichlet_kl,
+    dirichlet_natural_to_standard,
     dirichlet_standard_to_natural,
 )
 from metaprior.svae.hmm import hmm_forward_backward
@@ -95,6 +96,7 @@ __all__ = [
     "slds_natural_gradient",
     "slds_train_step",
     "slds_infer",
+    "slds_global_posterior",
     "prepare_sequences",
 ]
 
@@ -540,3 +542,33 @@ def slds_infer(spec: SLDSSVAE, state, x, mask=None):
     local = _infer_jit(spec, state, x, mask)
     r = np.asarray(local.r)
     return {"states": r.argmax(-1), "r": r, "x_mean": np.asarray(local.means)}
+
+
+def slds_global_posterior(state, num_samples: int = 500, seed: int = 0):
+    """The HMM globals' posterior ``q(pi0) prod_k q(P[k, :])`` as ``arviz.InferenceData``.
+
+    ``posterior`` holds ``initial_probs`` (chain, draw, state) and ``transition`` (chain,
+    draw, state, next_state): ``num_samples`` draws from the Dirichlet factors (one chain;
+    numpy sampling seeded by ``seed``). The switching dynamics are point estimates and go to
+    ``constant_data``: ``A`` (state, latent, latent_bis), ``b`` (state, latent), ``Q``
+    (state, latent, latent_bis).
+    """
+    import arviz as az
+
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    rng = np.random.default_rng(seed)
+    alpha0 = np.asarray(dirichlet_natural_to_standard(state["globals"]["init"]), np.float64)
+    alpha = np.asarray(dirichlet_natural_to_standard(state["globals"]["trans"]), np.float64)
+    K = alpha0.shape[0]
+    init = rng.dirichlet(alpha0, size=num_samples)
+    trans = np.stack([rng.dirichlet(alpha[k], size=num_samples) for k in range(K)], 1)
+    A, b, Q, _, _ = (np.asarray(a) for a in slds_dynamics(state["net"]))
+    d = b.shape[-1]
+    return az.from_dict(
+        posterior={"initial_probs": init[None], "transition": trans[None]},
+        constant_data={"A": A, "b": b, "Q": Q},
+        coords={"state": np.arange(K), "next_state": np.arange(K), "latent": np.arange(d), "latent_bis": np.arange(d)},
+        dims={"initial_probs": ["state"], "transition": ["state", "next_state"], "A": ["state", "latent", "latent_bis"],
+              "b": ["state", "latent"], "Q": ["state", "latent", "latent_bis"]},
+    )
