@@ -11,7 +11,9 @@ prints the median over rounds:
     ratio <name> <svae time / plain VAE time>
 
 Cases: ``svae_gmm`` (pinwheel, the recipe's defaults: K = 5, d = 2, 3 mean-field
-iterations, batch 64) and ``svae_slds`` (bouncing dot, 20 steps x 10 pixels, K = 2, d = 2,
+iterations, batch 64), with ``--digits`` ``svae_gmm_digits`` (scikit-learn's 8x8 digits as
+64-pixel vectors, K = 10, d = 10, one hidden layer of 512, batch 128: networks of a size a
+user would train on images) and ``svae_slds`` (bouncing dot, 20 steps x 10 pixels, K = 2, d = 2,
 3 mean-field iterations, batch 16; the reference applies the per-frame VAE to every frame).
 Runs in about two minutes on 2 CPU cores (most of it compilation):
 
@@ -127,6 +129,8 @@ def main(argv=None):
     p.add_argument("--skip-slds", action="store_true")
     p.add_argument("--gmm-batch", type=int, nargs="+", default=[64],
                    help="batch sizes of the svae_gmm case (pinwheel has 500 examples); one ratio line each")
+    p.add_argument("--digits", action="store_true",
+                   help="add svae_gmm_digits: 8x8 digits (64 pixels), K = 10, d = 10, hidden 512, batch 128")
     p.add_argument("--fused", action="store_true",
                    help="also time each case with all steps in one jitted lax.scan (no per-step dispatch)")
     args = p.parse_args(argv)
@@ -134,6 +138,11 @@ def main(argv=None):
     gmm = configure(METHODS["svae_gmm"], {}).spec(pinwheel)
     for b in args.gmm_batch:
         bench_case("svae_gmm" if b == 64 else f"svae_gmm_b{b}", gmm, pinwheel, b, args.steps, args.rounds, args.fused)
+    if args.digits:
+        digits = load("digits")
+        recipe = configure(METHODS["svae_gmm"], {"num_components": 10, "latent_dim": 10, "hidden": (512,)})
+        bench_case("svae_gmm_digits", recipe.spec(digits), recipe.train_data(digits), 128, args.steps, args.rounds,
+                   args.fused)
     if not args.skip_slds:
         dots = load("bouncing_dot", length=20, width=10)
         slds = configure(METHODS["svae_slds"], {}).spec(dots)

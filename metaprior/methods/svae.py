@@ -185,7 +185,8 @@ class SVAEGMM(_SVAERecipe):
     networks. ``likelihood``: auto (Bernoulli for binary data, else Gaussian with learned
     variance), gaussian_learned, gaussian (fixed ``obs_scale``) or bernoulli. ``init``:
     kmeans (k-means labels of the data place the initial components), kmeans_latent or random.
-    ``local_grad``: last (gradients through the last mean-field iteration only, as in Johnson
+    ``nu``: the NIW degrees of freedom, 0 (default) for ``latent_dim + 2`` (4 at d = 2; it
+    must exceed ``latent_dim - 1``). ``local_grad``: last (gradients through the last mean-field iteration only, as in Johnson
     et al.'s code) or unrolled (through all of them); on the command below (seeds 0, 1, 2)
     last gave ARI 0.965 / 0.965 / 0.936, unrolled 0.965 / 0.975 / 0.936, and last's step
     computation is about 25-30 % shorter. Model, objective and the natural-gradient derivation: :mod:`metaprior.svae.gmm`.
@@ -211,7 +212,7 @@ class SVAEGMM(_SVAERecipe):
     meanfield_iters: int = 3
     alpha: float = 1.0
     kappa: float = 0.5
-    nu: float = 4.0
+    nu: float = 0.0
     prior_scale: float = 1.0
     natgrad_step: float = 0.1
     init: str = "kmeans"
@@ -229,7 +230,7 @@ class SVAEGMM(_SVAERecipe):
     def spec_for(self, obs_dim: int, likelihood: str):
         from metaprior.svae.gmm import GMMSVAE
 
-        return self.spec_of(GMMSVAE, obs_dim=obs_dim, likelihood=likelihood)
+        return self.spec_of(GMMSVAE, obs_dim=obs_dim, likelihood=likelihood, nu=self.nu or self.latent_dim + 2.0)
 
     @property
     def flatten(self):

@@ -312,7 +312,10 @@ class GMMLocal(NamedTuple):
     """Local variational factors for a batch: ``r`` (B, K) label probabilities, ``J`` (B, d, d)
     and ``h`` (B, d) natural parameters of ``q(z)``; ``j``, ``h_psi`` (B, d) the recognition
     potential; ``elbo_trace`` (2 * iters + 1, B) the local objective after each half-step
-    (only when asked for, else shape (0, B))."""
+    (only when asked for, else shape (0, B)); ``moments`` the ``(E[zz^T], E[z], log
+    normalizer, L^-1)`` of ``q(z)`` (:func:`_gauss_moments`), computed once by
+    :func:`gmm_meanfield` and shared by the objective, the sample and the natural gradient
+    (``None``: computed where needed)."""
 
     r: jax.Array
     J: jax.Array
@@ -320,6 +323,7 @@ class GMMLocal(NamedTuple):
     j: jax.Array
     h_psi: jax.Array
     elbo_trace: jax.Array
+    moments: tuple | None = None
 
 
 def gmm_encode(spec: GMMSVAE, enc_params, x):
@@ -373,14 +377,14 @@ def _z_natural(eg: GMMExpected, r, j, h):
     return J, mixed[:, d * d:] + h
 
 
-def gmm_local_elbo(eg: GMMExpected, j, h, r, J, hz):
+def gmm_local_elbo(eg: GMMExpected, j, h, r, J, hz, moments=None):
     """Local surrogate objective ``L_loc`` (B,) for arbitrary ``q(c) = r`` and ``q(z) = N(J, hz)``.
 
     ``L_loc = sum_k r_k logits_k - sum_k r_k log r_k + E[log psi(z)] - E[log q(z)]`` with
     ``E[log q(z)] = -1/2 tr(J E[zz^T]) + hz^T E[z] - A(J, hz)``. Also returns ``E[log psi(z)]``,
-    so that ``KL_loc = E[log psi] - L_loc``.
+    so that ``KL_loc = E[log psi] - L_loc``. ``moments``: ``_gauss_moments(J, hz)`` if already known.
     """
-    Ezz, Ez, log_z, _ = _gauss_moments(J, hz)
+    Ezz, Ez, log_z, _ = _gauss_moments(J, hz) if moments is None else moments
     logits = _label_logits(eg, Ezz, Ez)
     E_psi = -0.5 * jnp.sum(j * jnp.diagonal(Ezz, axis1=-2, axis2=-1), -1) + jnp.sum(h * Ez, -1)
     E_logq = -0.5 * jnp.sum(J * Ezz, axis=(-1, -2)) + jnp.sum(hz * Ez, -1) - log_z
@@ -426,7 +430,7 @@ def gmm_meanfield(eg: GMMExpected, j, h, num_iters: int, trace: bool = False, gr
         r = jax.lax.fori_loop(0, num_iters - 1, lambda i, r: update(*const, r)[0], start(*const))
         r, _, _ = update(eg, j, h, jax.lax.stop_gradient(r))
         J, hz = _z_natural(eg, r, j, h)
-        return GMMLocal(r, J, hz, j, h, jnp.zeros((0,) + h.shape[:1], h.dtype))
+        return GMMLocal(r, J, hz, j, h, jnp.zeros((0,) + h.shape[:1], h.dtype), _gauss_moments(J, hz))
 
     def body(r, _):
         r_new, J, hz = update(eg, j, h, r)
@@ -442,7 +446,7 @@ def gmm_meanfield(eg: GMMExpected, j, h, num_iters: int, trace: bool = False, gr
         tr = jnp.concatenate([tr.reshape((-1,) + tr.shape[2:]), gmm_local_elbo(eg, j, h, r, J, hz)[0][None]], 0)
     else:
         tr = jnp.zeros((0,) + h.shape[:1], h.dtype)
-    return GMMLocal(r, J, hz, j, h, tr)
+    return GMMLocal(r, J, hz, j, h, tr, _gauss_moments(J, hz))
 
 
 # --------------------------------------------------------------------------------------
@@ -457,9 +461,10 @@ def gmm_elbo_given_local(spec: GMMSVAE, net, glob, prior, x, local: GMMLocal, ep
     ``kl_global`` (see the module docstring). Differentiable in ``net`` and ``glob``.
     """
     eg = gmm_expected_globals(glob)
-    L_loc, E_psi = gmm_local_elbo(eg, local.j, local.h_psi, local.r, local.J, local.h)
+    moments = _gauss_moments(local.J, local.h) if local.moments is None else local.moments
+    L_loc, E_psi = gmm_local_elbo(eg, local.j, local.h_psi, local.r, local.J, local.h, moments)
     kl_local = E_psi - L_loc
-    _, mean, _, Linv = _gauss_moments(local.J, local.h)
+    _, mean, _, Linv = moments
     z = mean + jnp.sum(Linv * eps[..., :, None], -2)               # J^-1 h + L^-T eps
     out = mlp_apply(net["decoder"], z)
     loglik = log_likelihood(spec.likelihood, out, x, spec.obs_scale)
@@ -493,8 +498,8 @@ def gmm_natural_gradient(glob, prior, local: GMMLocal, num_data):
     ``sbar``: batch means of ``r_n`` (Dirichlet) and ``r_nk (E[z z^T], E[z], 1, 1)`` (NIW of
     component k). Derivation in the module docstring (Johnson et al. 2016, eq. 8).
     """
-    r, J, hz = jax.lax.stop_gradient((local.r, local.J, local.h))
-    Ezz, Ez, _, _ = _gauss_moments(J, hz)
+    r, J, hz, moments = jax.lax.stop_gradient((local.r, local.J, local.h, local.moments))
+    Ezz, Ez, _, _ = _gauss_moments(J, hz) if moments is None else moments
     scale = num_data / r.shape[0]
     counts = scale * jnp.sum(r, 0)
     A0, b0, c0, n0 = prior["niw"]
