@@ -14,7 +14,7 @@ Cases: ``svae_gmm`` (pinwheel, the recipe's defaults: K = 5, d = 2, 3 mean-field
 iterations, batch 64), with ``--digits`` ``svae_gmm_digits`` (scikit-learn's 8x8 digits as
 64-pixel vectors, K = 10, d = 10, one hidden layer of 512, batch 128: networks of a size a
 user would train on images) and ``svae_slds`` (bouncing dot, 20 steps x 10 pixels, K = 2, d = 2,
-3 mean-field iterations, batch 16; the reference applies the per-frame VAE to every frame).
+2 mean-field iterations, batch 16; the reference applies the per-frame VAE to every frame).
 Runs in about two minutes on 2 CPU cores (most of it compilation):
 
     python bench/bench_svae.py [--rounds 7] [--steps 100] [--skip-slds] [--gmm-batch 64 256 450] [--fused]

@@ -342,10 +342,10 @@ class SVAESLDS(_SVAERecipe):
     0.855 against 0.872 with it (seed 0, 6000 steps).
 
     Measured with the command above at 6000 steps: ARI of the inferred states against the
-    direction 0.847 (seed 0) and 0.860 (seed 1), NMI 0.759 / 0.776, about 65-75 s of training
-    each on 2 cores (2026-11-25, after the small-matrix kernels of
-    :mod:`metaprior.svae.expfam`; before them 0.872 / 0.804 in 2.5-3.5 minutes, the plots in
-    ``experiments/results/svae/``). The frames matter: on one-hot frames
+    direction 0.852 (seed 0) and 0.855 (seed 1), NMI 0.765 / 0.769, about 50 s of training
+    each on 2 cores (2026-11-25). ``meanfield_iters`` defaults to 2: with 3 the same runs gave
+    ARI 0.847 / 0.860 and a lower held-out ELBO (843.8 / 850.9 against 854.4 / 852.9), with 1
+    (seed 0) 0.846; table and plots in ``experiments/results/svae/``. The frames matter: on one-hot frames
     (``--data-option blur=0 --data-option noise=0``) neighbouring positions share no pixel,
     the learned code folds the position and the states mark the folds (ARI 0.00-0.46 over
     runs of 8000-16000 steps), which is why ``bouncing_dot`` blurs by default.
@@ -361,7 +361,7 @@ class SVAESLDS(_SVAERecipe):
     hidden: tuple[int, ...] = (50,)
     likelihood: str = "auto"
     obs_scale: float = 0.1
-    meanfield_iters: int = 3
+    meanfield_iters: int = 2
     alpha: float = 1.0
     stickiness: float = 10.0
     natgrad_step: float = 0.1
