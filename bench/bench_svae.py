@@ -18,6 +18,7 @@ user would train on images) and ``svae_slds`` (bouncing dot, 20 steps x 10 pixel
 Runs in about two minutes on 2 CPU cores (most of it compilation):
 
     python bench/bench_svae.py [--rounds 7] [--steps 100] [--skip-slds] [--gmm-batch 64 256 450] [--fused]
+        [--digits] [--gmm-local-grad last|unrolled]
 
 ``--gmm-batch`` repeats the GMM case at other batch sizes (at most 450, pinwheel's training
 split); ``--fused`` adds a ``ratio <name>_fused`` line per case with every step of a round
@@ -129,18 +130,21 @@ def main(argv=None):
     p.add_argument("--skip-slds", action="store_true")
     p.add_argument("--gmm-batch", type=int, nargs="+", default=[64],
                    help="batch sizes of the svae_gmm case (pinwheel has 500 examples); one ratio line each")
+    p.add_argument("--gmm-local-grad", default="last", choices=("last", "unrolled"),
+                   help="the GMM cases' local_grad (gradients through the last or every mean-field iteration)")
     p.add_argument("--digits", action="store_true",
                    help="add svae_gmm_digits: 8x8 digits (64 pixels), K = 10, d = 10, hidden 512, batch 128")
     p.add_argument("--fused", action="store_true",
                    help="also time each case with all steps in one jitted lax.scan (no per-step dispatch)")
     args = p.parse_args(argv)
     pinwheel = load("pinwheel")
-    gmm = configure(METHODS["svae_gmm"], {}).spec(pinwheel)
+    gmm = configure(METHODS["svae_gmm"], {"local_grad": args.gmm_local_grad}).spec(pinwheel)
     for b in args.gmm_batch:
         bench_case("svae_gmm" if b == 64 else f"svae_gmm_b{b}", gmm, pinwheel, b, args.steps, args.rounds, args.fused)
     if args.digits:
         digits = load("digits")
-        recipe = configure(METHODS["svae_gmm"], {"num_components": 10, "latent_dim": 10, "hidden": (512,)})
+        recipe = configure(METHODS["svae_gmm"], {"num_components": 10, "latent_dim": 10, "hidden": (512,),
+                                                  "local_grad": args.gmm_local_grad})
         bench_case("svae_gmm_digits", recipe.spec(digits), recipe.train_data(digits), 128, args.steps, args.rounds,
                    args.fused)
     if not args.skip_slds:
