@@ -251,6 +251,19 @@ def test_gauss_moments_hand_vjp_equals_autodiff():
                 np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-10)
 
 
+def test_gmm_recipe_nu_default_follows_the_latent_dimension():
+    """``nu=0`` (the recipe default) means latent_dim + 2: 4 at d = 2 as before, 12 at d = 10
+    (where the old fixed 4 was invalid); an explicit nu is kept, an invalid one is refused."""
+    from metaprior.methods import METHODS, configure
+
+    data = load("pinwheel", num_per_class=10)
+    assert configure(METHODS["svae_gmm"], {}).spec(data).nu == 4.0
+    assert configure(METHODS["svae_gmm"], {"latent_dim": 10}).spec(data).nu == 12.0
+    assert configure(METHODS["svae_gmm"], {"nu": 7.0}).spec(data).nu == 7.0
+    with pytest.raises(ValueError, match="nu .*must be > latent_dim - 1"):
+        configure(METHODS["svae_gmm"], {"latent_dim": 10, "nu": 5.0})
+
+
 def test_gmm_bad_input():
     with pytest.raises(ValueError, match="positive definite"):
         gmm_prior(3, 2, S=[[1.0, 2.0], [2.0, 1.0]])

@@ -376,7 +376,7 @@ def _gauss_moments(J, h):
     ``Sigma = J^-1``, ``mu = Sigma h`` and cotangents ``(G_E, g_mu, g_logZ, G_Linv)``:
     ``dlogZ/dh = mu``, ``dlogZ/dJ = -1/2 E[zz^T]``, ``dSigma = -Sigma dJ Sigma``,
     ``dmu = Sigma dh - Sigma dJ mu`` and, for the Cholesky factor (Murray 2016, "Differentiation
-    of the Cholesky decomposition", eq. 10), ``dL = L Phi(L^-1 dJ L^-T)`` with ``Phi`` the lower
+    of the Cholesky decomposition", arXiv:1602.07527, its forward-mode rule), ``dL = L Phi(L^-1 dJ L^-T)`` with ``Phi`` the lower
     triangle with halved diagonal, so ``d(L^-1) = -Phi(L^-1 dJ L^-T) L^-1`` and its part of
     ``J-bar`` is ``-L^-T Phi(G_Linv L^-T) L^-1``. ``J-bar`` is symmetrized (``J`` enters
     symmetrized). ``tests/test_svae_models.py`` checks it against autodiff of

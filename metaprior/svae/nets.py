@@ -131,6 +131,8 @@ def check_spec(spec, counts: Sequence[str] = (), positive: Sequence[str] = ()) -
             raise ValueError(f"{name} must be > 0, got {getattr(spec, name)}")
     if not 0.0 < spec.natgrad_step <= 1.0:
         raise ValueError(f"natgrad_step must be in (0, 1], got {spec.natgrad_step}")
+
+
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
