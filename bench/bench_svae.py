@@ -1,7 +1,9 @@
 """Step time of the structured VAEs against a plain JAX VAE with the same networks.
 
-For each case both steps are jit-compiled, see the same batch, use the same Adam and the same
-encoder and decoder MLPs; the only difference is the graphical model. The reference is a
+For each case both steps run through the training engine's jitted step (``engine._step``: the
+same dispatch, donated state and on-device accumulator of the logged terms), see the same
+batch, use the same Adam and the same encoder and decoder MLPs; the only difference is the
+graphical model. The reference is a
 plain VAE (Kingma & Welling 2014): the recognition net's (mean, log-variance) define
 q(z | x), the prior is N(0, I), one reparameterized sample feeds the decoder, the KL is
 analytic. The SVAE step adds the local mean-field inference, the structured KLs and the
@@ -10,7 +12,7 @@ prints the median over rounds:
 
     ratio <name> <svae time / plain VAE time>
 
-Cases: ``svae_gmm`` (pinwheel, the recipe's defaults: K = 5, d = 2, 3 mean-field
+Cases: ``svae_gmm`` (pinwheel, the recipe's defaults: K = 5, d = 2, 2 mean-field
 iterations, batch 64), with ``--digits`` ``svae_gmm_digits`` (scikit-learn's 8x8 digits as
 64-pixel vectors, K = 10, d = 10, one hidden layer of 512, batch 128: networks of a size a
 user would train on images) and ``svae_slds`` (bouncing dot, 20 steps x 10 pixels, K = 2, d = 2,
@@ -22,8 +24,8 @@ Runs in about two minutes on 2 CPU cores (most of it compilation):
 
 ``--gmm-batch`` repeats the GMM case at other batch sizes (at most 450, pinwheel's training
 split); ``--fused`` adds a ``ratio <name>_fused`` line per case with every step of a round
-inside one jitted ``lax.scan`` (no per-step dispatch: the computation alone). Both steps
-donate their state, as the training engine does. Timings on a 2-core machine vary by
+inside one jitted ``lax.scan`` (no per-step dispatch: the computation alone, the logged terms
+included). Timings on a 2-core machine vary by
 +-15 % between processes (thread placement); compare ratios from the same run. Measured
 numbers and what limits them: README, "Benchmarks".
 """
@@ -33,6 +35,7 @@ import argparse
 import functools
 import statistics
 import time
+from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
@@ -40,30 +43,35 @@ import numpy as np
 
 from metaprior.data import load
 from metaprior.methods import METHODS, configure
-from metaprior.svae.engine import _step
+from metaprior.svae.engine import _step, carried_state, step_fn
 from metaprior.svae.nets import adam_update, log_likelihood, mlp_apply
 
 
-def plain_vae_step(spec, likelihood, obs_scale):
-    """A jitted plain-VAE step on the SVAE state's networks (``state["net"]`` and ``state["opt"]``)."""
-    d = spec.latent_dim
+@dataclass(frozen=True)
+class PlainVAE:
+    """The reference as an engine spec: a plain VAE step on the SVAE state's networks
+    (``state["net"]`` and ``state["opt"]``), run through the same jitted engine step
+    (:func:`metaprior.svae.engine._step`: static spec, donated state, on-device accumulator)."""
 
-    def loss_fn(net, x, key):
+    latent_dim: int
+    likelihood: str
+    obs_scale: float
+    metric_names = ("loss",)
+
+    def loss(self, net, x, key):
+        d = self.latent_dim
         out = mlp_apply(net["encoder"], x)
         mean, log_var = out[..., :d], 8.0 * jnp.tanh(out[..., d:] / 8.0)
         z = mean + jnp.exp(0.5 * log_var) * jax.random.normal(key, mean.shape)
-        loglik = log_likelihood(likelihood, mlp_apply(net["decoder"], z), x, obs_scale)
+        loglik = log_likelihood(self.likelihood, mlp_apply(net["decoder"], z), x, self.obs_scale)
         kl = 0.5 * jnp.sum(jnp.exp(log_var) + mean**2 - 1.0 - log_var, -1)
         axes = tuple(range(loglik.ndim))
         return -jnp.mean(jnp.sum(loglik - kl, axis=axes[1:]) if loglik.ndim > 1 else loglik - kl)
 
-    @functools.partial(jax.jit, donate_argnums=0)
-    def step(state, x, key, lr):
-        loss, grads = jax.value_and_grad(loss_fn)(state["net"], x, key)
+    def train_step(self, state, x, key, lr, num_data):
+        loss, grads = jax.value_and_grad(self.loss)(state["net"], x, key)
         net, opt = adam_update(grads, state["opt"], state["net"], lr)
-        return {**state, "net": net, "opt": opt}, loss
-
-    return step
+        return {**state, "net": net, "opt": opt}, {"loss": loss}
 
 
 def bench_case(name, spec, data, batch_size, steps, rounds, fused=False):
@@ -74,20 +82,22 @@ def bench_case(name, spec, data, batch_size, steps, rounds, fused=False):
                      "opt": {"m": {k: v for k, v in state["opt"]["m"].items() if k != "dynamics"},
                              "v": {k: v for k, v in state["opt"]["v"].items() if k != "dynamics"},
                              "t": state["opt"]["t"]}}
-    # Both steps donate their state (buffers reused in place): give each its own copies.
-    state, ref_state = (jax.tree_util.tree_map(jnp.copy, s) for s in (state, ref_state))
-    ref = plain_vae_step(spec, spec.likelihood, spec.obs_scale)
+    # Both steps donate their state (buffers reused in place): give each its own copies. The
+    # SVAE's prior is compiled into its step as a constant, as in training (engine.carried_state).
+    state, ref_state = (jax.tree_util.tree_map(jnp.copy, s) for s in (carried_state(spec, state), ref_state))
+    ref = PlainVAE(spec.latent_dim, spec.likelihood, spec.obs_scale)
     batches = [jnp.asarray(data.batch(s, batch_size, 0)) for s in range(steps)]
     keys = [jax.random.fold_in(jax.random.PRNGKey(0), s) for s in range(steps)]
     lr, n = jnp.float32(1e-3), jnp.float32(data.num_examples)
     acc = jnp.zeros((len(spec.metric_names),), jnp.float32)
+    ref_acc = jnp.zeros((1,), jnp.float32)
     t0 = time.perf_counter()
     state, acc = _step(spec, state, acc, batches[0], keys[0], lr, n)   # compile
     jax.block_until_ready(acc)
     t_compile_svae = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ref_state, loss = ref(ref_state, batches[0], keys[0], lr)
-    jax.block_until_ready(loss)
+    ref_state, ref_acc = _step(ref, ref_state, ref_acc, batches[0], keys[0], lr, n)
+    jax.block_until_ready(ref_acc)
     t_compile_ref = time.perf_counter() - t0
     t_svae, t_ref = [], []
     for _ in range(rounds):
@@ -98,8 +108,8 @@ def bench_case(name, spec, data, batch_size, steps, rounds, fused=False):
         t_svae.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         for x, k in zip(batches, keys):
-            ref_state, loss = ref(ref_state, x, k, lr)
-        jax.block_until_ready(loss)
+            ref_state, ref_acc = _step(ref, ref_state, ref_acc, x, k, lr, n)
+        jax.block_until_ready(ref_acc)
         t_ref.append(time.perf_counter() - t0)
     s, r = statistics.median(t_svae), statistics.median(t_ref)
     print(f"# {name}: svae {1e3 * s / steps:.3f} ms/step, plain VAE {1e3 * r / steps:.3f} ms/step "
@@ -109,8 +119,11 @@ def bench_case(name, spec, data, batch_size, steps, rounds, fused=False):
     if fused:
         # All steps inside one jitted lax.scan: no per-step dispatch, only the computation.
         xs, ks = jnp.stack(batches), jnp.stack(keys)
-        svae_all = jax.jit(lambda st: jax.lax.scan(lambda c, b: spec.train_step(c, b[0], b[1], lr, n), st, (xs, ks))[0])
-        ref_all = jax.jit(lambda st: jax.lax.scan(lambda c, b: ref(c, b[0], b[1], lr), st, (xs, ks))[0])
+        def fused_steps(sp):
+            one = lambda c, b: (step_fn(sp, *c, b[0], b[1], lr, n), None)  # noqa: E731
+            return jax.jit(lambda c: jax.lax.scan(one, c, (xs, ks))[0])
+        svae_all, ref_all = fused_steps(spec), fused_steps(ref)
+        state, ref_state = (state, acc), (ref_state, ref_acc)
         jax.block_until_ready((svae_all(state), ref_all(ref_state)))
         t_svae, t_ref = [], []
         for _ in range(rounds):

@@ -1,6 +1,7 @@
 """The SVAE benchmark script runs and prints its ratio lines (no timing is asserted)."""
 import importlib.util
 import re
+import sys
 from pathlib import Path
 
 
@@ -8,7 +9,11 @@ def test_bench_svae_prints_ratios(capsys):
     path = Path(__file__).resolve().parents[1] / "bench" / "bench_svae.py"
     spec = importlib.util.spec_from_file_location("bench_svae", path)
     mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    sys.modules[spec.name] = mod   # dataclasses look their module up there
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        sys.modules.pop(spec.name, None)
     mod.main(["--rounds", "1", "--steps", "2", "--skip-slds", "--fused"])
     out = capsys.readouterr().out
     ratios = dict(re.findall(r"^ratio (\S+) ([0-9.]+)$", out, re.M))

@@ -574,6 +574,34 @@ def test_engine_donation_leaves_the_callers_state_intact():
     assert not np.array_equal(np.asarray(res.state["globals"]["dirichlet"]), before["globals"]["dirichlet"])
 
 
+def test_engine_compiles_the_prior_in_and_keeps_a_changed_one():
+    """The engine leaves a prior equal to ``spec.constant_state()`` out of the jitted step's
+    arguments (rebuilt inside as a constant): the step gives exactly what ``train_step`` gives on
+    the full state, and the prior comes back. A prior changed by hand is carried instead."""
+    from metaprior.inference.trainer import TrainConfig
+    from metaprior.svae.engine import _step, carried_state, full_state, train
+
+    data = load("pinwheel", num_per_class=10)
+    spec = GMMSVAE(obs_dim=2, num_components=3, hidden=(4,), meanfield_iters=2)
+    state = spec.init_state(jax.random.PRNGKey(0), np.asarray(data.x))
+    carried = carried_state(spec, state)
+    assert set(state) - set(carried) == {"prior"}
+    x, key = jnp.asarray(data.x[:8]), jax.random.PRNGKey(3)
+    lr, n = jnp.float32(1e-2), jnp.float32(30)
+    want, terms = spec.train_step(state, x, key, lr, n)
+    got, acc = _step(spec, jax.tree_util.tree_map(jnp.copy, carried), jnp.zeros(len(spec.metric_names)), x, key, lr, n)
+    assert "prior" not in got
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), want, full_state(spec, got))
+    np.testing.assert_allclose(np.asarray(acc), [float(terms[k]) for k in spec.metric_names], rtol=1e-6)
+
+    custom = {**state, "prior": {**state["prior"], "dirichlet": state["prior"]["dirichlet"] + 4.0}}
+    assert "prior" in carried_state(spec, custom)
+    res = train(spec, data, TrainConfig(steps=2, batch_size=8, log_every=1, progress=False), state=custom)
+    np.testing.assert_array_equal(np.asarray(res.state["prior"]["dirichlet"]), np.asarray(custom["prior"]["dirichlet"]))
+    res = train(spec, data, TrainConfig(steps=2, batch_size=8, log_every=1, progress=False), state=state)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, res.state["prior"], state["prior"])
+
+
 def test_cli_svae_gmm_train_evaluate_plot_resume(tmp_path, capsys):
     out = tmp_path / "gmm"
     code, _, err = run(capsys, "train", *GMM_ARGS, "--steps", "30", "--out", str(out), "--no-plots")

@@ -200,10 +200,12 @@ class SVAEGMM(_SVAERecipe):
         metaprior evaluate runs/svae_gmm      # ari, nmi, held-out elbo
         metaprior plot runs/svae_gmm          # latent space with component ellipses
 
-    ``meanfield_iters`` defaults to 3: on that command (seeds 0, 1, 2; 2026-11-25) 3 iterations
-    gave ARI 0.965 / 0.975 / 0.936 and held-out ELBO -1.64 / -1.46 (seeds 1, 2) against
-    0.970 / 0.975 / 0.936 and -1.58 / -1.46 with 10 (even 1 iteration: 0.965 / 0.936), at about
-    60 % of the step time at batch 256 (``bench/bench_svae.py``).
+    ``meanfield_iters`` defaults to 2: on that command with ``--seed S --set meanfield_iters=I``
+    and then ``metaprior evaluate`` (seeds 0, 1, 2; 2026-11-25), 2 iterations gave ARI 0.965 / 0.965 /
+    0.936 and held-out ELBO -1.33 / -1.55 / -1.48, the same as 3 (0.965 / 0.965 / 0.936;
+    -1.33 / -1.55 / -1.48); 1 iteration lost seed 2 (ARI 0.888, ELBO -1.50). An earlier comparison
+    with 10 iterations gave 0.970 / 0.975 / 0.936. Each iteration costs about 7 % of the step
+    (``bench/bench_svae.py``).
     """
 
     num_components: int = 5
@@ -211,7 +213,7 @@ class SVAEGMM(_SVAERecipe):
     hidden: tuple[int, ...] = (50,)
     likelihood: str = "auto"
     obs_scale: float = 0.1
-    meanfield_iters: int = 3
+    meanfield_iters: int = 2
     alpha: float = 1.0
     kappa: float = 0.5
     nu: float = 0.0

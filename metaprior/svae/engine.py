@@ -37,7 +37,8 @@ import numpy as np
 
 from metaprior.svae.nets import to_numpy
 
-__all__ = ["SVAEResult", "train", "load_checkpoint", "save_checkpoint", "latest_state"]
+__all__ = ["SVAEResult", "train", "load_checkpoint", "save_checkpoint", "latest_state", "constant_state",
+           "carried_state", "full_state"]
 
 CKPT_FORMAT = "metaprior-svae/1"
 
@@ -48,14 +49,53 @@ class SVAEResult(NamedTuple):
     last_metrics: dict
 
 
-@functools.partial(jax.jit, static_argnums=0, donate_argnums=(1, 2))
-def _step(spec, state, acc, x, key, lr, num_data):
-    """One step; ``state`` and ``acc`` are donated (their buffers are reused for the outputs, so
-    the caller must not use them afterwards, and no two leaves may share a buffer: see
-    :func:`_own`)."""
-    state, terms = spec.train_step(state, x, key, lr, num_data)
+def step_fn(spec, state, acc, x, key, lr, num_data):
+    """One training step, un-jitted: ``spec.train_step`` plus the accumulation of its terms into
+    ``acc``. Entries of :func:`constant_state` that ``state`` lacks (see :func:`carried_state`)
+    enter as compile-time constants and are left out of the result."""
+    missing = {k: v for k, v in constant_state(spec).items() if k not in state}
+    new, terms = spec.train_step({**state, **missing}, x, key, lr, num_data)
     vec = jnp.stack([jnp.asarray(terms[k], jnp.float32) for k in spec.metric_names])
-    return state, acc + vec
+    return {k: v for k, v in new.items() if k not in missing}, acc + vec
+
+
+# The jitted step: ``state`` and ``acc`` are donated (their buffers are reused for the outputs,
+# so the caller must not use them afterwards, and no two leaves may share a buffer: see _own).
+_step = jax.jit(step_fn, static_argnums=0, donate_argnums=(1, 2))
+
+
+@functools.lru_cache(maxsize=64)
+def constant_state(spec) -> dict:
+    """The state entries a spec rebuilds from its settings alone (``spec.constant_state()``, e.g.
+    the prior's natural parameters) as numpy arrays; ``{}`` when the spec defines none."""
+    make = getattr(spec, "constant_state", None)
+    return {} if make is None else jax.tree_util.tree_map(np.asarray, dict(make()))
+
+
+def carried_state(spec, state) -> dict:
+    """``state`` without the entries that equal :func:`constant_state` exactly (same structure,
+    dtypes and values): :func:`_step` rebuilds those inside the compiled step, so they are
+    neither passed in nor returned (each array in and out of a jitted call costs a few
+    microseconds on CPU, comparable to a whole small step). A state whose prior was changed by
+    hand keeps it. :func:`full_state` undoes this."""
+    out = dict(state)
+    for k, const in constant_state(spec).items():
+        if k in out and _same_tree(out[k], const):
+            del out[k]
+    return out
+
+
+def full_state(spec, carried) -> dict:
+    """:func:`carried_state` undone: the constant entries added back (as JAX arrays)."""
+    missing = {k: v for k, v in constant_state(spec).items() if k not in carried}
+    return {**carried, **jax.tree_util.tree_map(jnp.asarray, missing)}
+
+
+def _same_tree(a, b) -> bool:
+    la, ta = jax.tree_util.tree_flatten(a)
+    lb, tb = jax.tree_util.tree_flatten(b)
+    return ta == tb and all(np.asarray(u).dtype == np.asarray(v).dtype and np.array_equal(np.asarray(u), np.asarray(v))
+                            for u, v in zip(la, lb))
 
 
 def _own(tree):
@@ -176,7 +216,7 @@ def train(spec, data, config, out=None, record: Mapping[str, Any] | None = None,
         if state is None:
             x0 = np.ascontiguousarray(data.batch(0, min(num_data, max(cfg.batch_size, 1024)), cfg.seed), dtype=np.float32)
             state = spec.init_state(jax.random.PRNGKey(cfg.seed), x0)
-    state, acc = _own(state), _own(acc)
+    state, acc = _own(carried_state(spec, state)), _own(acc)
     base_key = jax.random.PRNGKey(cfg.seed)
     lr, n_arr = jnp.float32(cfg.lr), jnp.float32(num_data)
     last: dict = {}
@@ -202,7 +242,7 @@ def train(spec, data, config, out=None, record: Mapping[str, Any] | None = None,
             if refit_at and step == refit_at:  # a one-off re-initialization (e.g. the SLDS dynamics)
                 sample = np.ascontiguousarray(data.batch(0, min(num_data, max(cfg.batch_size, 1024)), cfg.seed),
                                               dtype=np.float32)
-                state = _own(spec.refit(state, sample))
+                state = _own(carried_state(spec, spec.refit(full_state(spec, state), sample)))
             x = np.ascontiguousarray(data.batch(step, cfg.batch_size, cfg.seed), dtype=np.float32)
             key = jax.random.fold_in(base_key, step)
             state, acc = _step(spec, state, acc, x, key, lr, n_arr)
@@ -225,7 +265,7 @@ def train(spec, data, config, out=None, record: Mapping[str, Any] | None = None,
                     bar.set_postfix(loss=f"{last['loss']:.3f}", R=f"{last['rate']:.3f}", D=f"{last['distortion']:.3f}")
             # A checkpoint holds the accumulator of the steps since the last row (as the Pyro trainer).
             if ckpt_now:
-                last_good = save_checkpoint(out, step, state, acc, acc_n, cfg.keep_checkpoints)
+                last_good = save_checkpoint(out, step, full_state(spec, state), acc, acc_n, cfg.keep_checkpoints)
             if step == cfg.steps and acc_n:
                 last = _row(step, names, np.asarray(acc), acc_n, t0)
                 if fh is not None:
@@ -235,7 +275,7 @@ def train(spec, data, config, out=None, record: Mapping[str, Any] | None = None,
             bar.close()
         if fh is not None:
             fh.close()
-    return SVAEResult(state, step, last)
+    return SVAEResult(full_state(spec, state), step, last)
 
 
 def _row(step, names, acc_np, n, t0) -> dict:

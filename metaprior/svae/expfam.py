@@ -643,7 +643,10 @@ def dirichlet_log_normalizer(eta):
 def dirichlet_expected_stats(eta):
     """``E[log pi] = digamma(alpha) - digamma(sum alpha)`` (= grad of the log normalizer)."""
     alpha = eta + 1.0
-    return digamma(alpha) - digamma(jnp.sum(alpha, axis=-1, keepdims=True))
+    # One digamma over (alpha, sum alpha): XLA on CPU will not fuse an expensive elementwise op
+    # on the sum into the broadcasting subtraction, and splits two digammas into ~17 kernels.
+    psi = digamma(jnp.concatenate([alpha, jnp.sum(alpha, axis=-1, keepdims=True)], -1))
+    return psi[..., :-1] - psi[..., -1:]
 
 
 @jax.jit

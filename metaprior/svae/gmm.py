@@ -201,7 +201,7 @@ class GMMSVAE:
         enc_out["b"][d:] = math.log(0.1)
         if self.likelihood == "gaussian_learned":
             net["decoder"][-1]["b"][D:] = 2.0 * math.log(self.obs_scale)
-        prior = gmm_prior(K, d, self.alpha, self.kappa, self.nu, self.prior_scale)
+        prior = self.constant_state()["prior"]
         S0, _, kappa0, nu0 = (np.asarray(a) for a in niw_natural_to_standard(*prior["niw"]))
         means = self.init_spread * rng.standard_normal((K, d))
         S = S0.copy()
@@ -222,6 +222,13 @@ class GMMSVAE:
                 "niw": tuple(niw_standard_to_natural(S.astype(np.float32), means.astype(np.float32), kappa0, nu0))}
         net = jax.tree_util.tree_map(jnp.asarray, net)
         return {"net": net, "globals": glob, "prior": prior, "opt": adam_init(net)}
+
+    def constant_state(self):
+        """``{"prior": ...}``: the state entry fixed by the settings (the training engine compiles
+        it into the step as a constant instead of passing it in and out; see
+        :func:`metaprior.svae.engine.carried_state`)."""
+        return {"prior": gmm_prior(self.num_components, self.latent_dim, self.alpha, self.kappa, self.nu,
+                                   self.prior_scale)}
 
     def train_step(self, state, x, key, lr, num_data):
         """One step (see :func:`gmm_train_step`)."""

@@ -192,6 +192,11 @@ class SLDSSVAE:
         prior = slds_prior(K, self.alpha, self.stickiness)
         return {"net": net, "globals": prior, "prior": prior, "opt": adam_init(net)}
 
+    def constant_state(self):
+        """``{"prior": ...}``: the state entry fixed by the settings (the training engine compiles
+        it into the step as a constant; see :func:`metaprior.svae.engine.carried_state`)."""
+        return {"prior": slds_prior(self.num_states, self.alpha, self.stickiness)}
+
     def train_step(self, state, x, key, lr, num_data):
         """One step (see :func:`slds_train_step`)."""
         return slds_train_step(self, state, x, key, lr, num_data)
