@@ -72,9 +72,10 @@ def test_global_x64_flag_untouched():
 
 
 def test_small_matrix_kernels_match_lapack():
-    """The written-out Cholesky factor, triangular inverse and products used for d <= 3 equal
-    numpy's LAPACK results (and the generic path for d = 4); a non-PD matrix gives NaN."""
-    from metaprior.svae.expfam import _chol, _inv_pd, _mm, _mv, _tri_inv
+    """The written-out Cholesky factor, triangular inverse, inverse factor, inverse and products
+    used for d <= 3 equal numpy's LAPACK results (and the generic path for d = 4), also for a
+    slightly asymmetric input (symmetrized); a non-PD matrix gives NaN."""
+    from metaprior.svae.expfam import _chol, _chol_inv, _inv_pd, _mm, _mv, _tri_inv
 
     rng = np.random.default_rng(0)
     with x64():
@@ -87,10 +88,16 @@ def test_small_matrix_kernels_match_lapack():
             inv, logdet = _inv_pd(jnp.asarray(S))
             np.testing.assert_allclose(np.asarray(inv), np.linalg.inv(S), rtol=1e-9, atol=1e-12)
             np.testing.assert_allclose(np.asarray(logdet), np.linalg.slogdet(S)[1], rtol=1e-12)
+            skew = 1e-3 * rng.normal(size=(5, d, d))
+            skew = skew - np.swapaxes(skew, -1, -2)
+            np.testing.assert_allclose(np.asarray(_chol_inv(jnp.asarray(S + skew))), np.linalg.inv(np.linalg.cholesky(S)),
+                                       rtol=1e-10, atol=1e-12)
             v = rng.normal(size=(5, d))
             np.testing.assert_allclose(np.asarray(_mv(jnp.asarray(M), jnp.asarray(v))), np.einsum("bij,bj->bi", M, v), rtol=1e-12)
             np.testing.assert_allclose(np.asarray(_mm(jnp.asarray(M), jnp.asarray(S))), M @ S, rtol=1e-12)
-        assert np.isnan(np.asarray(_chol(jnp.asarray([[1.0, 2.0], [2.0, 1.0]])))).any()
+        bad = jnp.asarray([[1.0, 2.0], [2.0, 1.0]])
+        assert np.isnan(np.asarray(_chol(bad))).any()
+        assert np.isnan(np.asarray(_chol_inv(bad))).any() and np.isnan(np.asarray(_inv_pd(bad)[1]))
 
 
 def test_gaussian_expected_stats_is_grad_log_normalizer():

@@ -234,12 +234,46 @@ def _logdet_from_chol(L):
     return 2.0 * jnp.sum(jnp.log(jnp.diagonal(L, axis1=-2, axis2=-1)), axis=-1)
 
 
+def _chol_inv_entries(M):
+    """Entries (nested lists of (...)-shaped arrays, lower triangle) of ``L^-1`` where
+    ``L L^T`` is the symmetrized ``M``, for ``d <= 3``: the Cholesky recursion with reciprocal
+    square roots, then forward substitution, without materializing ``L``. Computing the
+    entries once and stacking only the results lets XLA on CPU emit one kernel where
+    ``_tri_inv(_chol(M))`` needs five (it will not duplicate a square root or division that
+    several stacked entries use)."""
+    d = M.shape[-1]
+    m = lambda i, j: M[..., i, i] if i == j else 0.5 * (M[..., i, j] + M[..., j, i])  # noqa: E731
+    L = [[None] * d for _ in range(d)]       # strictly lower part of L
+    inv = [[None] * d for _ in range(d)]
+    for c in range(d):
+        inv[c][c] = jax.lax.rsqrt(m(c, c) - sum((L[c][k] ** 2 for k in range(c)), 0.0))
+        for i in range(c + 1, d):
+            L[i][c] = (m(i, c) - sum((L[i][k] * L[c][k] for k in range(c)), 0.0)) * inv[c][c]
+    for i in range(d):
+        for j in range(i):
+            inv[i][j] = -sum((L[i][k] * inv[k][j] for k in range(j, i)), 0.0) * inv[i][i]
+    return inv
+
+
+def _chol_inv(M):
+    """``L^-1`` (batched, lower triangular) for ``M = L L^T`` (symmetrized; NaN where not PD)."""
+    if M.shape[-1] > _SMALL_D:
+        return _tri_inv(_chol(M))
+    return _stack_lower(_chol_inv_entries(M))
+
+
 def _inv_pd(M):
     """Inverse and log-determinant of a symmetric positive-definite matrix (batched)."""
-    L = _chol(M)
-    Linv = _tri_inv(L)
-    inv = _mm(jnp.swapaxes(Linv, -1, -2), Linv)
-    return inv, _logdet_from_chol(L)
+    d = M.shape[-1]
+    if d > _SMALL_D:
+        L = _chol(M)
+        Linv = _tri_inv(L)
+        return _mm(jnp.swapaxes(Linv, -1, -2), Linv), _logdet_from_chol(L)
+    inv = _chol_inv_entries(M)
+    # (L^-T L^-1)_jk = sum_i inv_ij inv_ik over i >= max(j, k); log|M| = -2 sum_i log inv_ii
+    S = [[sum(inv[i][j] * inv[i][k] for i in range(max(j, k), d)) for k in range(d)] for j in range(d)]
+    logdet = -2.0 * sum(jnp.log(inv[i][i]) for i in range(d))
+    return jnp.stack([jnp.stack(row, -1) for row in S], -2), logdet
 
 
 def _mv(M, v):
@@ -390,8 +424,7 @@ def gaussian_sample_from_noise(J, h, eps):
     ``J = L L^T`` (Cholesky of the precision, so ``Cov(x) = L^-T L^-1 = J^-1``); ``eps`` has
     shape ``sample_shape + h.shape`` (broadcasting against the batch axes of ``J``, ``h``).
     """
-    L = _chol(J)
-    Linv = _tri_inv(L)
+    Linv = _chol_inv(J)
     mean = _mv(jnp.swapaxes(Linv, -1, -2), _mv(Linv, h))
     return mean + jnp.einsum("...ji,...j->...i", Linv, eps)
 

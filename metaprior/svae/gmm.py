@@ -74,9 +74,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from metaprior.svae.expfam import (
+    _SMALL_D,
     _chol,
+    _chol_inv_entries,
     _mm,
     _mv,
+    _stack_lower,
     _tri_inv,
     dirichlet_expected_stats,
     dirichlet_kl,
@@ -361,6 +364,8 @@ def _label_logits(eg: GMMExpected, Ezz, Ez):
 def _gauss_moments_direct(J, h):
     """:func:`_gauss_moments` by plain code (differentiated by JAX through the factorization)."""
     d = h.shape[-1]
+    if d <= _SMALL_D:
+        return _gauss_moments_small(J, h)
     Linv = _tri_inv(_chol(J))
     v = jnp.sum(Linv * h[..., None, :], -1)                        # L^-1 h
     mean = jnp.sum(Linv * v[..., :, None], -2)                     # J^-1 h = L^-T L^-1 h
@@ -368,6 +373,21 @@ def _gauss_moments_direct(J, h):
     log_z = (0.5 * jnp.sum(v * v, -1) + jnp.sum(jnp.log(jnp.diagonal(Linv, axis1=-2, axis2=-1)), -1)
              + 0.5 * d * _LOG_2PI)
     return cov + mean[..., :, None] * mean[..., None, :], mean, log_z, Linv
+
+
+def _gauss_moments_small(J, h):
+    """:func:`_gauss_moments_direct` for ``d <= 3`` from the entries of ``L^-1``
+    (:func:`~metaprior.svae.expfam._chol_inv_entries`), each output stacked once (fewer kernels
+    for XLA on CPU than broadcast products over stacked matrices)."""
+    d = h.shape[-1]
+    inv = _chol_inv_entries(J)
+    hs = [h[..., i] for i in range(d)]
+    v = [sum(inv[i][j] * hs[j] for j in range(i + 1)) for i in range(d)]                # L^-1 h
+    mean = [sum(inv[i][j] * v[i] for i in range(j, d)) for j in range(d)]               # L^-T v
+    Ezz = [[sum(inv[i][j] * inv[i][k] for i in range(max(j, k), d)) + mean[j] * mean[k] for k in range(d)]
+           for j in range(d)]
+    log_z = 0.5 * sum(vi * vi for vi in v) + sum(jnp.log(inv[i][i]) for i in range(d)) + 0.5 * d * _LOG_2PI
+    return jnp.stack([jnp.stack(row, -1) for row in Ezz], -2), jnp.stack(mean, -1), log_z, _stack_lower(inv)
 
 
 @jax.custom_vjp

@@ -59,8 +59,7 @@ from metaprior.svae.expfam import (
     _mv,
     _np,
     _outer,
-    _tri_inv,
-    _chol,
+    _chol_inv,
     _float_dtype,
     is_concrete,
     standard_normal,
@@ -334,7 +333,7 @@ def _sample(eps, mu0, Sigma0, A, Q, J, h):
     # eta_f + A^T Q^-1 x_{t+1}; the last step is the filtered marginal itself.
     Lam_cond = symmetrize(f.filtered_precisions[:-1] + AtQinv @ A)
     Lam_all = jnp.concatenate([Lam_cond, f.filtered_precisions[-1:]], 0)
-    Linv = _tri_inv(_chol(Lam_all))                        # (T, d, d)
+    Linv = _chol_inv(Lam_all)                        # (T, d, d)
     cov_all = jnp.swapaxes(Linv, -1, -2) @ Linv
     offsets = _mv(cov_all, f.filtered_potentials)           # (T, d)
     gains = cov_all[:-1] @ AtQinv                          # (T-1, d, d)
