@@ -20,19 +20,21 @@ user would train on images) and ``svae_slds`` (bouncing dot, 20 steps x 10 pixel
 Runs in about two minutes on 2 CPU cores (most of it compilation):
 
     python bench/bench_svae.py [--rounds 7] [--steps 100] [--skip-slds] [--gmm-batch 64 256 450] [--fused]
-        [--digits] [--gmm-local-grad last|unrolled]
+        [--digits] [--gmm-local-grad last|unrolled] [--kernels]
 
 ``--gmm-batch`` repeats the GMM case at other batch sizes (at most 450, pinwheel's training
 split); ``--fused`` adds a ``ratio <name>_fused`` line per case with every step of a round
 inside one jitted ``lax.scan`` (no per-step dispatch: the computation alone, the logged terms
-included). Timings on a 2-core machine vary by
-+-15 % between processes (thread placement); compare ratios from the same run. Measured
-numbers and what limits them: README, "Benchmarks".
+included); ``--kernels`` prints how many XLA kernels one compiled step runs on each side.
+Timings on a 2-core machine vary by +-15 % between processes (thread placement), at times
+more; compare ratios from the same run. Measured numbers and what limits them: README,
+"Benchmarks".
 """
 from __future__ import annotations
 
 import argparse
 import functools
+import re
 import statistics
 import time
 from dataclasses import dataclass
@@ -74,7 +76,28 @@ class PlainVAE:
         return {**state, "net": net, "opt": opt}, {"loss": loss}
 
 
-def bench_case(name, spec, data, batch_size, steps, rounds, fused=False):
+_KERNEL = re.compile(r" (fusion|dot|custom-call|copy|concatenate|dynamic-slice|dynamic-update-slice)\(")
+_WHILE = re.compile(r" while\(.*?body=%?([\w.\-]+)(.*)")
+
+
+def kernel_count(hlo_text: str) -> int:
+    """Kernels one call of a compiled XLA program runs: its fusions, dots, custom calls (LAPACK),
+    copies and concatenations, those of while-loop bodies counted once per iteration (known trip
+    counts; 1 where unknown). On CPU each costs a fraction of a microsecond beyond its arithmetic,
+    which for models this small is most of a step."""
+    comps = {c.split(" ", 1)[0].lstrip("%"): c for c in hlo_text.split("\n\n") if c.strip()}
+
+    def count(name):
+        total = len(_KERNEL.findall(comps[name]))
+        for m in _WHILE.finditer(comps[name]):
+            trip = re.search(r'"known_trip_count":\{"n":"(\d+)"', m.group(2))
+            total += (int(trip.group(1)) if trip else 1) * count(m.group(1))
+        return total
+
+    return count(next(k for k, c in comps.items() if c.startswith("ENTRY")))
+
+
+def bench_case(name, spec, data, batch_size, steps, rounds, fused=False, kernels=False):
     state = spec.init_state(jax.random.PRNGKey(0), data.batch(0, min(data.num_examples, 256), 0))
     ref_state = {"net": state["net"], "opt": state["opt"]}
     if "dynamics" in state["net"]:  # the plain VAE has no dynamics: drop them from its Adam state
@@ -116,6 +139,10 @@ def bench_case(name, spec, data, batch_size, steps, rounds, fused=False):
           f"(batch {batch_size}, {rounds} rounds of {steps} steps, backend {jax.default_backend()}; "
           f"compile {t_compile_svae:.1f}s vs {t_compile_ref:.1f}s)")
     print(f"ratio {name} {s / r:.3f}", flush=True)
+    if kernels:
+        hlo = [_step.lower(sp, st, a, batches[0], keys[0], lr, n).compile().as_text()
+               for sp, st, a in ((spec, state, acc), (ref, ref_state, ref_acc))]
+        print(f"# {name}: kernels per step: svae {kernel_count(hlo[0])}, plain VAE {kernel_count(hlo[1])}")
     if fused:
         # All steps inside one jitted lax.scan: no per-step dispatch, only the computation.
         xs, ks = jnp.stack(batches), jnp.stack(keys)
@@ -147,23 +174,26 @@ def main(argv=None):
                    help="the GMM cases' local_grad (gradients through the last or every mean-field iteration)")
     p.add_argument("--digits", action="store_true",
                    help="add svae_gmm_digits: 8x8 digits (64 pixels), K = 10, d = 10, hidden 512, batch 128")
+    p.add_argument("--kernels", action="store_true",
+                   help="also print how many XLA kernels one compiled step runs (while-loop bodies times their trip counts)")
     p.add_argument("--fused", action="store_true",
                    help="also time each case with all steps in one jitted lax.scan (no per-step dispatch)")
     args = p.parse_args(argv)
     pinwheel = load("pinwheel")
     gmm = configure(METHODS["svae_gmm"], {"local_grad": args.gmm_local_grad}).spec(pinwheel)
     for b in args.gmm_batch:
-        bench_case("svae_gmm" if b == 64 else f"svae_gmm_b{b}", gmm, pinwheel, b, args.steps, args.rounds, args.fused)
+        bench_case("svae_gmm" if b == 64 else f"svae_gmm_b{b}", gmm, pinwheel, b, args.steps, args.rounds, args.fused,
+                   args.kernels)
     if args.digits:
         digits = load("digits")
         recipe = configure(METHODS["svae_gmm"], {"num_components": 10, "latent_dim": 10, "hidden": (512,),
                                                   "local_grad": args.gmm_local_grad})
         bench_case("svae_gmm_digits", recipe.spec(digits), recipe.train_data(digits), 128, args.steps, args.rounds,
-                   args.fused)
+                   args.fused, args.kernels)
     if not args.skip_slds:
         dots = load("bouncing_dot", length=20, width=10)
         slds = configure(METHODS["svae_slds"], {}).spec(dots)
-        bench_case("svae_slds", slds, dots, 16, max(10, args.steps // 5), args.rounds, args.fused)
+        bench_case("svae_slds", slds, dots, 16, max(10, args.steps // 5), args.rounds, args.fused, args.kernels)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ A *spec* (e.g. :class:`~metaprior.svae.gmm.GMMSVAE`, :class:`~metaprior.svae.sld
 is a frozen, hashable dataclass with ``init_state(key, x) -> state`` (``x``: up to 1024 training examples, for data-dependent initialisation),
 ``train_step(state, x, key, lr, num_data) -> (state, terms)`` and ``metric_names``; optionally
 ``refit_step`` and ``refit(state, x) -> state``, applied once before step ``refit_step`` to the
-same data sample as ``init_state``. One
+same data sample as ``init_state``, and ``constant_state() -> dict``, the state entries its
+settings fix (the prior), which the jitted step receives as constants (:func:`carried_state`). One
 jit-compiled function runs a step and adds its terms to an on-device accumulator, so a step
 is one dispatch (see ``../shared/PITFALLS.md``: jit the update).
 
