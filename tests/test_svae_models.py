@@ -588,7 +588,7 @@ def test_engine_compiles_the_prior_in_and_keeps_a_changed_one():
     assert set(state) - set(carried) == {"prior"}
     x, key = jnp.asarray(data.x[:8]), jax.random.PRNGKey(3)
     lr, n = jnp.float32(1e-2), jnp.float32(30)
-    want, terms = spec.train_step(state, x, key, lr, n)
+    want, terms = jax.jit(spec.train_step)(state, x, key, lr, n)
     got, acc = _step(spec, jax.tree_util.tree_map(jnp.copy, carried), jnp.zeros(len(spec.metric_names)), x, key, lr, n)
     assert "prior" not in got
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), want, full_state(spec, got))

@@ -234,25 +234,59 @@ def _logdet_from_chol(L):
     return 2.0 * jnp.sum(jnp.log(jnp.diagonal(L, axis1=-2, axis2=-1)), axis=-1)
 
 
-def _chol_inv_entries(M):
-    """Entries (nested lists of (...)-shaped arrays, lower triangle) of ``L^-1`` where
-    ``L L^T`` is the symmetrized ``M``, for ``d <= 3``: the Cholesky recursion with reciprocal
-    square roots, then forward substitution, without materializing ``L``. Computing the
-    entries once and stacking only the results lets XLA on CPU emit one kernel where
-    ``_tri_inv(_chol(M))`` needs five (it will not duplicate a square root or division that
-    several stacked entries use)."""
-    d = M.shape[-1]
-    m = lambda i, j: M[..., i, i] if i == j else 0.5 * (M[..., i, j] + M[..., j, i])  # noqa: E731
+# Small matrices (d <= 3) as nested lists of their (...)-shaped entries. Arithmetic on the
+# entries, with only the results stacked, lets XLA on CPU emit fewer kernels than products of
+# stacked matrices: it will not duplicate a square root or division that several stacked
+# entries share, so each such split costs a kernel launch, which for the 2x2 matrices of the
+# GMM- and SLDS-SVAE is most of the cost. ``_tri_inv(_chol(M))`` was five kernels; :func:`_chol_inv`
+# is one. (Written this way, the Kalman filter and smoother steps ran fewer kernels but were not
+# faster under reverse mode: more residuals per time step; not adopted.)
+
+
+def _entries(M, symmetrize: bool = False):
+    """``M`` (..., m, n) as nested lists of (...) arrays; ``symmetrize``: ``(M + M^T) / 2``."""
+    if symmetrize:
+        return [[M[..., i, j] if i == j else 0.5 * (M[..., i, j] + M[..., j, i]) for j in range(M.shape[-1])]
+                for i in range(M.shape[-2])]
+    return [[M[..., i, j] for j in range(M.shape[-1])] for i in range(M.shape[-2])]
+
+
+def _stack_entries(E):
+    """Nested lists of (...) arrays (a matrix) or a list (a vector) -> one stacked array."""
+    if isinstance(E[0], list):
+        return jnp.stack([jnp.stack(row, -1) for row in E], -2)
+    return jnp.stack(E, -1)
+
+
+def _e_chol_inv(S):
+    """Entries (lower triangle; ``None`` above) of ``L^-1`` with ``L L^T = S`` (symmetric
+    entries): the Cholesky recursion with reciprocal square roots, then forward substitution,
+    without materializing ``L``. NaN where ``S`` is not positive definite."""
+    d = len(S)
     L = [[None] * d for _ in range(d)]       # strictly lower part of L
     inv = [[None] * d for _ in range(d)]
     for c in range(d):
-        inv[c][c] = jax.lax.rsqrt(m(c, c) - sum((L[c][k] ** 2 for k in range(c)), 0.0))
+        inv[c][c] = jax.lax.rsqrt(S[c][c] - sum((L[c][k] ** 2 for k in range(c)), 0.0))
         for i in range(c + 1, d):
-            L[i][c] = (m(i, c) - sum((L[i][k] * L[c][k] for k in range(c)), 0.0)) * inv[c][c]
+            L[i][c] = (S[i][c] - sum((L[i][k] * L[c][k] for k in range(c)), 0.0)) * inv[c][c]
     for i in range(d):
         for j in range(i):
             inv[i][j] = -sum((L[i][k] * inv[k][j] for k in range(j, i)), 0.0) * inv[i][i]
     return inv
+
+
+def _e_inv_pd(S):
+    """``(S^-1, log|S|)`` from symmetric entries: ``(L^-T L^-1)_jk = sum_{i >= max(j,k)} inv_ij inv_ik``
+    and ``log|S| = -2 sum_i log inv_ii``."""
+    d = len(S)
+    inv = _e_chol_inv(S)
+    full = [[sum(inv[i][j] * inv[i][k] for i in range(max(j, k), d)) for k in range(d)] for j in range(d)]
+    return full, -2.0 * sum(jnp.log(inv[i][i]) for i in range(d))
+
+
+def _chol_inv_entries(M):
+    """Entries of ``L^-1`` (lower triangle) where ``L L^T`` is the symmetrized ``M`` (d <= 3)."""
+    return _e_chol_inv(_entries(M, symmetrize=True))
 
 
 def _chol_inv(M):
@@ -264,16 +298,12 @@ def _chol_inv(M):
 
 def _inv_pd(M):
     """Inverse and log-determinant of a symmetric positive-definite matrix (batched)."""
-    d = M.shape[-1]
-    if d > _SMALL_D:
+    if M.shape[-1] > _SMALL_D:
         L = _chol(M)
         Linv = _tri_inv(L)
         return _mm(jnp.swapaxes(Linv, -1, -2), Linv), _logdet_from_chol(L)
-    inv = _chol_inv_entries(M)
-    # (L^-T L^-1)_jk = sum_i inv_ij inv_ik over i >= max(j, k); log|M| = -2 sum_i log inv_ii
-    S = [[sum(inv[i][j] * inv[i][k] for i in range(max(j, k), d)) for k in range(d)] for j in range(d)]
-    logdet = -2.0 * sum(jnp.log(inv[i][i]) for i in range(d))
-    return jnp.stack([jnp.stack(row, -1) for row in S], -2), logdet
+    inv, logdet = _e_inv_pd(_entries(M, symmetrize=True))
+    return _stack_entries(inv), logdet
 
 
 def _mv(M, v):

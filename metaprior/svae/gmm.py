@@ -79,6 +79,7 @@ from metaprior.svae.expfam import (
     _chol_inv_entries,
     _mm,
     _mv,
+    _stack_entries,
     _stack_lower,
     _tri_inv,
     dirichlet_expected_stats,
@@ -387,7 +388,7 @@ def _gauss_moments_small(J, h):
     Ezz = [[sum(inv[i][j] * inv[i][k] for i in range(max(j, k), d)) + mean[j] * mean[k] for k in range(d)]
            for j in range(d)]
     log_z = 0.5 * sum(vi * vi for vi in v) + sum(jnp.log(inv[i][i]) for i in range(d)) + 0.5 * d * _LOG_2PI
-    return jnp.stack([jnp.stack(row, -1) for row in Ezz], -2), jnp.stack(mean, -1), log_z, _stack_lower(inv)
+    return _stack_entries(Ezz), _stack_entries(mean), log_z, _stack_lower(inv)
 
 
 @jax.custom_vjp
