@@ -193,9 +193,10 @@ _SMALL_D = 3
 def _chol(M):
     """Lower Cholesky factor of the symmetrized matrix ``M`` (batched; NaN where not PD).
 
-    For ``d <= 3`` the factorization is written out elementwise, which XLA fuses into one
-    loop: on CPU several times faster than a batched LAPACK call on many tiny matrices (the
-    2x2 covariances of the GMM- and SLDS-SVAE inside their scans)."""
+    For ``d <= 3`` the factorization is written out elementwise, which XLA fuses into a few
+    loops: on CPU several times faster than a batched LAPACK call on many tiny matrices (the
+    2x2 covariances of the GMM- and SLDS-SVAE inside their scans). Where only ``L^-1`` is
+    needed, :func:`_chol_inv` is cheaper still."""
     M = symmetrize(M)
     d = M.shape[-1]
     if d > _SMALL_D:

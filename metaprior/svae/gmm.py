@@ -396,8 +396,8 @@ def _gauss_moments(J, h):
     """``(E[z z^T], E[z], log normalizer, L^-1)`` of ``exp(-1/2 z^T J z + h^T z)`` from one Cholesky
     factorization ``J = L L^T`` (batched over leading axes). The same quantities as
     ``gaussian_expected_stats`` and ``gaussian_log_normalizer`` of :mod:`metaprior.svae.expfam`,
-    computed once; for ``d <= 3`` the factorization is written out elementwise
-    (:func:`~metaprior.svae.expfam._chol`).
+    computed once; for ``d <= 3`` from the entries of ``L^-1`` written out
+    (:func:`_gauss_moments_small`).
 
     Reverse mode by hand (no factorization in the backward pass; on CPU the reverse pass of
     batched LAPACK Cholesky and triangular solves dominated the step at d = 10). With
