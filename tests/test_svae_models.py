@@ -363,7 +363,7 @@ def test_lds_svae_local_kl_matches_dense_gaussian():
     with x64():
         dyn = _dyn(1)
         j, h = rng.uniform(0.5, 2, (T, D)), rng.normal(size=(T, D))
-        post, log_Zx, _ = _x_update(dyn, jnp.asarray(j), jnp.asarray(h), jnp.ones((T - 1, 1)), jnp.ones(T - 1, bool))
+        post, log_Zx, _, _ = _x_update(dyn, jnp.asarray(j), jnp.asarray(h), jnp.ones((T - 1, 1)), jnp.ones(T - 1, bool))
         P, hv, _ = _dense_chain(dyn, np.ones((T - 1, 1)))
         Pq, hq = P + np.diag(j.ravel()), hv + h.ravel()
         np.testing.assert_allclose(np.asarray(post.means).ravel(), np.linalg.solve(Pq, hq), rtol=1e-10)
@@ -380,7 +380,7 @@ def test_slds_local_elbo_matches_brute_force_enumeration():
         j, h = rng.uniform(0.5, 2, (T, D)), rng.normal(size=(T, D))
         log_pi0, log_P = np.log(rng.dirichlet(np.ones(K))), np.log(rng.dirichlet(np.ones(K), K))
         r_x = rng.dirichlet(np.ones(K), T)                     # marginals q(x) was built from
-        post, log_Zx, _ = _x_update(dyn, jnp.asarray(j), jnp.asarray(h), jnp.asarray(r_x[1:]), jnp.ones(T - 1, bool))
+        post, log_Zx, _, _ = _x_update(dyn, jnp.asarray(j), jnp.asarray(h), jnp.asarray(r_x[1:]), jnp.ones(T - 1, bool))
         ll_x = np.asarray(_node_loglik(dyn, post, jnp.ones(T, bool)))
         ll_c = rng.normal(size=(T, K))                         # q(c) from arbitrary node potentials
         from metaprior.svae import hmm_forward_backward
@@ -444,6 +444,37 @@ def test_slds_meanfield_monotone_and_masks():
         short = slds_meanfield(SLDS_SPEC, net, glob, j[1:2, :5], h[1:2, :5], jnp.ones((1, 5), bool))
         np.testing.assert_allclose(local.kl_local[1], short.kl_local[0], rtol=1e-9)
         np.testing.assert_allclose(local.r[1, :5], short.r[0], rtol=1e-8, atol=1e-12)
+
+
+def test_slds_samples_from_the_last_filter_equal_a_fresh_filter_pass():
+    """The SLDS-SVAE samples q(x) from the forward filter of its last q(x) update; on a padded
+    batch the draws equal forward filtering, backward sampling run afresh with the mask (and
+    kalman_smoother_with_filter gives kalman_smoother's posterior)."""
+    from metaprior.svae.lds import (kalman_smoother, kalman_smoother_with_filter, sample_given_filter,
+                                    sample_lds_posterior_from_noise)
+    from metaprior.svae.slds import slds_dynamics
+
+    rng = np.random.default_rng(7)
+    with x64():
+        state = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), SLDS_SPEC.init_state(jax.random.PRNGKey(0)))
+        net = {**state["net"], "dynamics": {**state["net"]["dynamics"], "b": jnp.asarray([[0.6, 0.0], [-0.6, 0.1]])}}
+        glob = {"init": jnp.asarray([0.5, 1.5]), "trans": jnp.asarray([[5.0, 0.5], [1.0, 4.0]])}
+        Tn = 6
+        j = jnp.asarray(rng.uniform(0.5, 3, (3, Tn, 2)))
+        h = jnp.asarray(rng.normal(size=(3, Tn, 2)) * 2) * j
+        mask = jnp.asarray(np.arange(Tn)[None] < np.array([6, 4, 2])[:, None])
+        local = slds_meanfield(SLDS_SPEC, net, glob, j, h, mask)
+        assert local.filtered is not None
+        noise = jnp.asarray(rng.normal(size=(3, Tn, 2)))
+        shared = jax.vmap(sample_given_filter)(noise, local.filtered)
+        _, _, _, mu0, Sigma0 = slds_dynamics(net)
+        fresh = jax.vmap(lambda e, A, Q, J, hh, m: sample_lds_posterior_from_noise(e, (mu0, Sigma0), (A, Q), (J, hh), m))(
+            noise, local.A_eff, local.Q_eff, local.J_node, local.h_node, mask)
+        np.testing.assert_allclose(np.asarray(shared), np.asarray(fresh), rtol=1e-10, atol=1e-10)
+        post, _ = kalman_smoother_with_filter((mu0, Sigma0), (local.A_eff[0], local.Q_eff[0]), (local.J_node[0], local.h_node[0]))
+        want = kalman_smoother((mu0, Sigma0), (local.A_eff[0], local.Q_eff[0]), (local.J_node[0], local.h_node[0]))
+        for a, b in zip(post, want):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-12)
 
 
 def test_slds_local_grad_modes():

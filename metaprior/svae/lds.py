@@ -71,6 +71,8 @@ __all__ = [
     "LDSFilterResult",
     "kalman_filter",
     "kalman_smoother",
+    "kalman_smoother_with_filter",
+    "sample_given_filter",
     "sample_lds_posterior",
     "sample_lds_posterior_from_noise",
     "lds_expected_stats",
@@ -301,7 +303,11 @@ def _filter(mu0, Sigma0, A, Q, J, h) -> LDSFilterResult:
 
 
 def _smooth(mu0, Sigma0, A, Q, J, h) -> LDSPosterior:
-    f = _filter(mu0, Sigma0, A, Q, J, h)
+    return _smooth_given_filter(_filter(mu0, Sigma0, A, Q, J, h), A)
+
+
+def _smooth_given_filter(f: LDSFilterResult, A) -> LDSPosterior:
+    """The RTS backward pass on a forward filter's result ``f`` (prepared ``A``)."""
 
     def step(carry, xs):
         m_s_next, P_s_next = carry
@@ -325,8 +331,13 @@ def _smooth(mu0, Sigma0, A, Q, J, h) -> LDSPosterior:
 
 def _sample(eps, mu0, Sigma0, A, Q, J, h):
     """Forward filtering, backward sampling; ``eps`` (..., T, d) standard-normal noise."""
-    f = _filter(mu0, Sigma0, A, Q, J, h)
-    T, d = h.shape
+    return _sample_given_filter(eps, _filter(mu0, Sigma0, A, Q, J, h), A, Q)
+
+
+def _sample_given_filter(eps, f: LDSFilterResult, A, Q):
+    """The backward-sampling pass of :func:`_sample` on a forward filter's result ``f``
+    (prepared ``A``, ``Q``; see :func:`kalman_smoother_with_filter`)."""
+    T, d = f.filtered_means.shape
     Q_inv, _ = _inv_pd(Q)                                  # (T-1, d, d)
     AtQinv = jnp.swapaxes(A, -1, -2) @ Q_inv               # (T-1, d, d)
     # p(x_t | x_{t+1}, psi_{1:t}) has precision Lam_f + A^T Q^-1 A and potential
@@ -437,6 +448,24 @@ def kalman_smoother(init, dynamics, node_potentials, mask=None) -> LDSPosterior:
       docstring. ``log_normalizer`` is ``log int p(x) prod_t psi_t(x_t) dx``.
     """
     return _dispatch(_smooth_jit, _smooth_batched, init, dynamics, node_potentials, mask, "kalman_smoother")
+
+
+def kalman_smoother_with_filter(init, dynamics, node_potentials):
+    """:func:`kalman_smoother` of one sequence (inputs already valid; meant for use under jit)
+    plus its forward filter and prepared dynamics ``(f, A, Q)``. :func:`sample_given_filter`
+    then draws from the same posterior without a second filter pass (the SLDS-SVAE samples
+    ``q(x)`` of its last mean-field iteration)."""
+    mu0, Sigma0, A, Q, J, h = _prepare(init, dynamics, node_potentials, None)
+    f = _filter(mu0, Sigma0, A, Q, J, h)
+    return _smooth_given_filter(f, A), (f, A, Q)
+
+
+def sample_given_filter(noise, filtered):
+    """Forward-filtering, backward-sampling draws (``noise``: (..., T, d) standard normal) from
+    the posterior whose filter ``filtered = (f, A, Q)`` :func:`kalman_smoother_with_filter`
+    returned; equal to :func:`sample_lds_posterior_from_noise` on the same inputs."""
+    f, A, Q = filtered
+    return _sample_given_filter(noise, f, A, Q)
 
 
 def sample_lds_posterior(key, init, dynamics, node_potentials, mask=None, sample_shape=()):

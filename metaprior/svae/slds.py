@@ -68,8 +68,9 @@ from metaprior.svae.expfam import (
 )
 from metaprior.svae.hmm import hmm_forward_backward
 from metaprior.svae.lds import (
-    kalman_smoother,
+    kalman_smoother_with_filter,
     lds_expected_stats,
+    sample_given_filter,
     sample_lds_posterior_from_noise,
     stack_sequences,
 )
@@ -255,7 +256,9 @@ class SLDSLocal(NamedTuple):
     (B, K, K), smoothed means (B, T, d) and covariances (B, T, d, d) of ``q(x)``, the Kalman
     inputs of ``q(x)`` (``A_eff``, ``Q_eff``, node ``J``, ``h``) for sampling, ``kl_local`` (B,),
     and ``elbo_trace`` (B, 2 * iters - 1) of the local objective after each half-step from the
-    first ``q(c)`` update on (or (B, 0))."""
+    first ``q(c)`` update on (or (B, 0)); ``filtered``: the forward Kalman filter of ``q(x)`` and
+    its prepared dynamics (:func:`~metaprior.svae.lds.kalman_smoother_with_filter`), so that
+    sampling ``q(x)`` needs no second filter pass (``None``: filter again)."""
 
     r: jax.Array
     xi: jax.Array
@@ -267,6 +270,7 @@ class SLDSLocal(NamedTuple):
     h_node: jax.Array
     kl_local: jax.Array
     elbo_trace: jax.Array
+    filtered: tuple | None = None
 
 
 def _x_update(dyn, j, h, r_next, valid_next):
@@ -294,8 +298,8 @@ def _x_update(dyn, j, h, r_next, valid_next):
     const = jnp.where(valid_next, const, 0.0)
     J_node = j[:, :, None] * eye + jnp.concatenate([J_left, jnp.zeros((1, d, d), h.dtype)], 0)
     h_node = h - jnp.concatenate([h1, jnp.zeros((1, d), h.dtype)], 0) + jnp.concatenate([jnp.zeros((1, d), h.dtype), h2], 0)
-    post = kalman_smoother((mu0, Sigma0), (A_eff, Q_eff), (J_node, h_node))
-    return post, post.log_normalizer + jnp.sum(const), (A_eff, Q_eff, J_node, h_node)
+    post, filtered = kalman_smoother_with_filter((mu0, Sigma0), (A_eff, Q_eff), (J_node, h_node))
+    return post, post.log_normalizer + jnp.sum(const), (A_eff, Q_eff, J_node, h_node), filtered
 
 
 def _node_loglik(dyn, post, valid):
@@ -335,12 +339,12 @@ def _meanfield_one(dyn, Elog_pi0, Elog_P, j, h, valid, num_iters: int, trace: bo
             # One iteration: q(x) given r, then q(c) given q(x). The first starts from uniform r
             # (its "after q(x)" objective is undefined and is dropped from the trace).
             r, log_Zc, ll_c = carry[:3]
-            post, log_Zx, kal = _x_update(dyn, j, h, r[1:], valid_next)
+            post, log_Zx, kal, filtered = _x_update(dyn, j, h, r[1:], valid_next)
             ll_x = _node_loglik(dyn, post, valid)
             after_x = slds_local_elbo(log_Zc, r, ll_c, log_Zx, r, ll_x)
             hp = hmm_forward_backward(Elog_pi0, Elog_P, ll_x, valid)
             after_c = slds_local_elbo(hp.log_normalizer, hp.marginals, ll_x, log_Zx, r, ll_x)
-            new = (hp.marginals, hp.log_normalizer, ll_x, hp.expected_transitions, post, log_Zx, kal, ll_x, r)
+            new = (hp.marginals, hp.log_normalizer, ll_x, hp.expected_transitions, post, log_Zx, kal, ll_x, r, filtered)
             return new, (jnp.stack([after_x, after_c]) if trace else None)
 
         return body
@@ -358,12 +362,12 @@ def _meanfield_one(dyn, Elog_pi0, Elog_P, j, h, valid, num_iters: int, trace: bo
         carry, tr = body(jax.lax.stop_gradient(carry), num_iters - 1)
     else:
         carry, tr = jax.lax.scan(body, init, jnp.arange(num_iters))
-    r, log_Zc, ll_c, xi, post, log_Zx, kal, ll_x, r_x = carry
+    r, log_Zc, ll_c, xi, post, log_Zx, kal, ll_x, r_x, filtered = carry
     L = slds_local_elbo(log_Zc, r, ll_c, log_Zx, r_x, ll_x)
     Exx, _, m = lds_expected_stats(post)
     E_psi = jnp.sum(jnp.where(valid[:, None], -0.5 * j * jnp.diagonal(Exx, axis1=-2, axis2=-1) + h * m, 0.0))
     trace_out = tr.reshape(-1)[1:] if trace else jnp.zeros((0,), h.dtype)
-    return SLDSLocal(r, xi, post.means, post.covs, *kal, E_psi - L, trace_out)
+    return SLDSLocal(r, xi, post.means, post.covs, *kal, E_psi - L, trace_out, filtered)
 
 
 def slds_meanfield(spec: SLDSSVAE, net, glob, j, h, mask, trace: bool = False) -> SLDSLocal:
@@ -423,8 +427,11 @@ def slds_svae_elbo(spec: SLDSSVAE, state, x, key, num_data=None, mask=None, retu
     local = slds_meanfield(spec, net, glob, j, h, mask)
     _, _, _, mu0, Sigma0 = slds_dynamics(net)
     noise = jax.random.normal(key, h.shape, h.dtype)
-    z = jax.vmap(lambda e, A, Q, J, hh, m: sample_lds_posterior_from_noise(e, (mu0, Sigma0), (A, Q), (J, hh), m))(
-        noise, local.A_eff, local.Q_eff, local.J_node, local.h_node, mask)
+    if local.filtered is not None:   # the last q(x) update's forward filter: no second pass
+        z = jax.vmap(sample_given_filter)(noise, local.filtered)
+    else:
+        z = jax.vmap(lambda e, A, Q, J, hh, m: sample_lds_posterior_from_noise(e, (mu0, Sigma0), (A, Q), (J, hh), m))(
+            noise, local.A_eff, local.Q_eff, local.J_node, local.h_node, mask)
     loglik = log_likelihood(spec.likelihood, mlp_apply(net["decoder"], z), x, spec.obs_scale)   # (B, T)
     loglik = jnp.sum(jnp.where(mask, loglik, 0.0), -1)
     kl_global = dirichlet_kl(glob["init"], state["prior"]["init"]) + jnp.sum(dirichlet_kl(glob["trans"], state["prior"]["trans"]))
