@@ -475,6 +475,10 @@ def test_slds_samples_from_the_last_filter_equal_a_fresh_filter_pass():
         want = kalman_smoother((mu0, Sigma0), (local.A_eff[0], local.Q_eff[0]), (local.J_node[0], local.h_node[0]))
         for a, b in zip(post, want):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-12)
+        bad_Q = np.array(local.Q_eff[0])
+        bad_Q[1] = -np.eye(2)
+        with pytest.raises(ValueError, match="positive definite"):
+            kalman_smoother_with_filter((mu0, Sigma0), (local.A_eff[0], bad_Q), (local.J_node[0], local.h_node[0]))
 
 
 def test_slds_local_grad_modes():

@@ -451,10 +451,12 @@ def kalman_smoother(init, dynamics, node_potentials, mask=None) -> LDSPosterior:
 
 
 def kalman_smoother_with_filter(init, dynamics, node_potentials):
-    """:func:`kalman_smoother` of one sequence (inputs already valid; meant for use under jit)
-    plus its forward filter and prepared dynamics ``(f, A, Q)``. :func:`sample_given_filter`
-    then draws from the same posterior without a second filter pass (the SLDS-SVAE samples
-    ``q(x)`` of its last mean-field iteration)."""
+    """:func:`kalman_smoother` of one sequence (no mask, no list input) plus its forward filter
+    and prepared dynamics ``(f, A, Q)``. :func:`sample_given_filter` then draws from the same
+    posterior without a second filter pass (the SLDS-SVAE samples ``q(x)`` of its last
+    mean-field iteration). Concrete inputs are validated as by :func:`kalman_smoother`."""
+    if is_concrete(init, dynamics, node_potentials):
+        check_lds_inputs(init, dynamics, node_potentials)
     mu0, Sigma0, A, Q, J, h = _prepare(init, dynamics, node_potentials, None)
     f = _filter(mu0, Sigma0, A, Q, J, h)
     return _smooth_given_filter(f, A), (f, A, Q)
