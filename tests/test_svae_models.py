@@ -426,16 +426,23 @@ def test_slds_local_elbo_matches_brute_force_enumeration():
 SLDS_SPEC = SLDSSVAE(obs_dim=5, num_states=2, latent_dim=2, hidden=(6,), meanfield_iters=4)
 
 
+def _slds_padded_case(rng, lengths):
+    """Float64 SLDS networks with distinct drifts, sticky HMM globals, and recognition potentials
+    for a batch of sequences padded to ``max(lengths)`` (call inside ``x64()``)."""
+    state = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), SLDS_SPEC.init_state(jax.random.PRNGKey(0)))
+    net = {**state["net"], "dynamics": {**state["net"]["dynamics"], "b": jnp.asarray([[0.6, 0.0], [-0.6, 0.1]])}}
+    glob = {"init": jnp.asarray([0.5, 1.5]), "trans": jnp.asarray([[5.0, 0.5], [1.0, 4.0]])}
+    B, Tn = len(lengths), max(lengths)
+    j = jnp.asarray(rng.uniform(0.5, 3, (B, Tn, 2)))
+    h = jnp.asarray(rng.normal(size=(B, Tn, 2)) * 2) * j
+    mask = jnp.asarray(np.arange(Tn)[None] < np.asarray(lengths)[:, None])
+    return net, glob, j, h, mask
+
+
 def test_slds_meanfield_monotone_and_masks():
     rng = np.random.default_rng(5)
     with x64():
-        state = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), SLDS_SPEC.init_state(jax.random.PRNGKey(0)))
-        net = {**state["net"], "dynamics": {**state["net"]["dynamics"], "b": jnp.asarray([[0.6, 0.0], [-0.6, 0.1]])}}
-        glob = {"init": jnp.asarray([0.5, 1.5]), "trans": jnp.asarray([[5.0, 0.5], [1.0, 4.0]])}
-        Tn = 7
-        j = jnp.asarray(rng.uniform(0.5, 3, (3, Tn, 2)))
-        h = jnp.asarray(rng.normal(size=(3, Tn, 2)) * 2) * j
-        mask = jnp.asarray(np.arange(Tn)[None] < np.array([7, 5, 3])[:, None])
+        net, glob, j, h, mask = _slds_padded_case(rng, [7, 5, 3])
         local = slds_meanfield(SLDS_SPEC, net, glob, j, h, mask, trace=True)
         trace = np.asarray(local.elbo_trace)                   # (B, 2 * iters - 1)
         assert trace.shape == (3, 7) and np.all(np.isfinite(trace))
@@ -456,13 +463,8 @@ def test_slds_samples_from_the_last_filter_equal_a_fresh_filter_pass():
 
     rng = np.random.default_rng(7)
     with x64():
-        state = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), SLDS_SPEC.init_state(jax.random.PRNGKey(0)))
-        net = {**state["net"], "dynamics": {**state["net"]["dynamics"], "b": jnp.asarray([[0.6, 0.0], [-0.6, 0.1]])}}
-        glob = {"init": jnp.asarray([0.5, 1.5]), "trans": jnp.asarray([[5.0, 0.5], [1.0, 4.0]])}
+        net, glob, j, h, mask = _slds_padded_case(rng, [6, 4, 2])
         Tn = 6
-        j = jnp.asarray(rng.uniform(0.5, 3, (3, Tn, 2)))
-        h = jnp.asarray(rng.normal(size=(3, Tn, 2)) * 2) * j
-        mask = jnp.asarray(np.arange(Tn)[None] < np.array([6, 4, 2])[:, None])
         local = slds_meanfield(SLDS_SPEC, net, glob, j, h, mask)
         assert local.filtered is not None
         noise = jnp.asarray(rng.normal(size=(3, Tn, 2)))
