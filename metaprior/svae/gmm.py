@@ -77,6 +77,8 @@ from metaprior.svae.expfam import (
     _SMALL_D,
     _chol,
     _chol_inv_entries,
+    _diag,
+    _entries,
     _mm,
     _mv,
     _stack_entries,
@@ -348,6 +350,12 @@ def gmm_encode(spec: GMMSVAE, enc_params, x):
     return j, mean * j
 
 
+def _local_stats(Ezz, Ez):
+    """The stacked expected statistics ``(vec E[zz^T], E[z], 1)`` (B, d^2 + d + 1) of ``q(z)``."""
+    B, d = Ez.shape
+    return jnp.concatenate([Ezz.reshape(B, d * d), Ez, jnp.ones((B, 1), Ez.dtype)], -1)
+
+
 def _label_logits(eg: GMMExpected, Ezz, Ez):
     """``E[log pi_k] + E_q(z) E_q(theta)[log N(z | mu_k, Sigma_k)]`` for each k: (B, K).
 
@@ -355,8 +363,8 @@ def _label_logits(eg: GMMExpected, Ezz, Ez):
     with the stacked expected natural parameters (d^2 + d + 1, K): for the small d and K of
     these models one dot is cheaper than several einsums or broadcast sums at any batch size
     (likewise in :func:`_z_natural`)."""
-    B, d = Ez.shape
-    stats = jnp.concatenate([Ezz.reshape(B, d * d), Ez, jnp.ones((B, 1), Ez.dtype)], -1)
+    d = Ez.shape[-1]
+    stats = _local_stats(Ezz, Ez)
     const = eg.log_pi + eg.neg_half_quad + eg.neg_half_logdet - 0.5 * d * _LOG_2PI
     params = jnp.concatenate([eg.neg_half_prec.reshape(-1, d * d), eg.prec_mean, const[:, None]], -1)
     return stats @ params.T
@@ -371,7 +379,7 @@ def _gauss_moments_direct(J, h):
     v = jnp.sum(Linv * h[..., None, :], -1)                        # L^-1 h
     mean = jnp.sum(Linv * v[..., :, None], -2)                     # J^-1 h = L^-T L^-1 h
     cov = jnp.sum(Linv[..., :, :, None] * Linv[..., :, None, :], -3)   # L^-T L^-1
-    log_z = (0.5 * jnp.sum(v * v, -1) + jnp.sum(jnp.log(jnp.diagonal(Linv, axis1=-2, axis2=-1)), -1)
+    log_z = (0.5 * jnp.sum(v * v, -1) + jnp.sum(jnp.log(_diag(Linv)), -1)
              + 0.5 * d * _LOG_2PI)
     return cov + mean[..., :, None] * mean[..., None, :], mean, log_z, Linv
 
@@ -419,6 +427,8 @@ def _gauss_moments_fwd(J, h):
 
 
 def _gauss_moments_bwd(res, cot):
+    if res[1].shape[-1] <= _SMALL_D:
+        return _gauss_moments_bwd_small(res, cot)
     Ezz, mu, Linv, h = res
     g_E, g_mu, g_logz, g_Linv = cot
     T = lambda a: jnp.swapaxes(a, -1, -2)  # noqa: E731
@@ -428,10 +438,36 @@ def _gauss_moments_bwd(res, cot):
     h_bar = g_logz[..., None] * mu + _mv(Sigma, mu_bar)
     Sigma_bar = g_E + outer(mu_bar, h)
     M = _mm(g_Linv, T(Linv))
-    Phi = jnp.tril(M, -1) + 0.5 * jnp.diagonal(M, axis1=-2, axis2=-1)[..., None, :] * jnp.eye(M.shape[-1], dtype=M.dtype)
+    Phi = jnp.tril(M, -1) + 0.5 * _diag(M)[..., None, :] * jnp.eye(M.shape[-1], dtype=M.dtype)
     J_bar = (-_mm(_mm(Sigma, Sigma_bar), Sigma) - 0.5 * g_logz[..., None, None] * Ezz
              - _mm(_mm(T(Linv), Phi), Linv))
     return 0.5 * (J_bar + T(J_bar)), h_bar
+
+
+def _gauss_moments_bwd_small(res, cot):
+    """:func:`_gauss_moments_bwd` for ``d <= 3`` on matrix entries (the same formulas), each result
+    stacked once: the batched 2x2 products of the matrix form were a dozen kernels per call."""
+    Ezz, mu, Linv, h = res
+    g_E, g_mu, g_logz, g_Linv = cot
+    d = mu.shape[-1]
+    R = range(d)
+    inv, gE, gL, Ez2 = _entries(Linv), _entries(g_E), _entries(g_Linv), _entries(Ezz)
+    m, hh, gm = [mu[..., i] for i in R], [h[..., i] for i in R], [g_mu[..., i] for i in R]
+    low = lambda i, j: inv[i][j] if j <= i else 0.0  # noqa: E731  (L^-1 is lower triangular)
+    Sigma = [[sum(inv[i][j] * inv[i][k] for i in range(max(j, k), d)) for k in R] for j in R]
+    mu_bar = [gm[i] + sum((gE[i][k] + gE[k][i]) * m[k] for k in R) for i in R]
+    h_bar = [g_logz * m[i] + sum(Sigma[i][k] * mu_bar[k] for k in R) for i in R]
+    Sigma_bar = [[gE[i][k] + mu_bar[i] * hh[k] for k in R] for i in R]
+    # M = G_Linv L^-T (only its lower triangle enters Phi), Phi = tril(M, -1) + diag(M) / 2
+    Phi = [[(0.5 if i == k else 1.0) * sum(gL[i][l] * low(k, l) for l in range(k + 1)) if k <= i else 0.0
+            for k in R] for i in R]
+    SS = [[sum(Sigma[i][l] * Sigma_bar[l][k] for l in R) for k in R] for i in R]            # Sigma Sigma-bar
+    SSS = [[sum(SS[i][l] * Sigma[l][k] for l in R) for k in R] for i in R]                  # ... Sigma
+    PL = [[sum(Phi[i][l] * low(l, k) for l in range(k, i + 1)) if k <= i else 0.0 for k in R] for i in R]
+    LPL = [[sum(low(l, i) * PL[l][k] for l in range(i, d)) for k in R] for i in R]          # L^-T Phi L^-1
+    J_bar = [[-SSS[i][k] - 0.5 * g_logz * Ez2[i][k] - LPL[i][k] for k in R] for i in R]
+    J_sym = [[J_bar[i][k] if i == k else 0.5 * (J_bar[i][k] + J_bar[k][i]) for k in R] for i in R]
+    return _stack_entries(J_sym), _stack_entries(h_bar)
 
 
 _gauss_moments.defvjp(_gauss_moments_fwd, _gauss_moments_bwd)
@@ -459,7 +495,7 @@ def gmm_local_elbo(eg: GMMExpected, j, h, r, J, hz, moments=None):
     """
     Ezz, Ez, log_z, _ = _gauss_moments(J, hz) if moments is None else moments
     logits = _label_logits(eg, Ezz, Ez)
-    E_psi = -0.5 * jnp.sum(j * jnp.diagonal(Ezz, axis1=-2, axis2=-1), -1) + jnp.sum(h * Ez, -1)
+    E_psi = -0.5 * jnp.sum(j * _diag(Ezz), -1) + jnp.sum(h * Ez, -1)
     E_logq = -0.5 * jnp.sum(J * Ezz, axis=(-1, -2)) + jnp.sum(hz * Ez, -1) - log_z
     value = jnp.sum(r * logits, -1) - jnp.sum(_xlogx(r), -1) + E_psi - E_logq
     return value, E_psi
@@ -573,13 +609,14 @@ def gmm_natural_gradient(glob, prior, local: GMMLocal, num_data):
     """
     r, J, hz, moments = jax.lax.stop_gradient((local.r, local.J, local.h, local.moments))
     Ezz, Ez, _, _ = _gauss_moments(J, hz) if moments is None else moments
-    scale = num_data / r.shape[0]
-    counts = scale * jnp.sum(r, 0)
+    B, d = Ez.shape
+    # One matrix product gives every component's sums (sum_n r_nk E[zz^T], sum_n r_nk E[z], sum_n r_nk).
+    sums = (num_data / B) * (r.T @ _local_stats(Ezz, Ez))                  # (K, d^2 + d + 1)
+    counts = sums[:, -1]
     A0, b0, c0, n0 = prior["niw"]
     target = {
         "dirichlet": prior["dirichlet"] + counts,
-        "niw": (A0 + scale * jnp.sum(r[:, :, None, None] * Ezz[:, None], 0), b0 + scale * jnp.sum(r[:, :, None] * Ez[:, None], 0),
-                c0 + counts, n0 + counts),
+        "niw": (A0 + sums[:, : d * d].reshape(-1, d, d), b0 + sums[:, d * d: d * d + d], c0 + counts, n0 + counts),
     }
     return jax.tree_util.tree_map(lambda t, g: t - g, target, glob)
 

@@ -60,6 +60,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from metaprior.svae.expfam import (
+    _diag,
     _inv_pd,
     dirichlet_expected_stats,
     dirichlet_kl,
@@ -224,7 +225,7 @@ def _pd_from_raw(raw, floor=_PD_FLOOR):
     """``L L^T + floor I`` with ``L = tril(raw, -1) + diag(exp(diag(raw)))``."""
     d = raw.shape[-1]
     eye = jnp.eye(d, dtype=raw.dtype)
-    L = jnp.tril(raw, -1) + eye * jnp.exp(jnp.diagonal(raw, axis1=-2, axis2=-1))[..., None, :]
+    L = jnp.tril(raw, -1) + eye * jnp.exp(_diag(raw))[..., None, :]
     return L @ jnp.swapaxes(L, -1, -2) + floor * eye
 
 
@@ -365,7 +366,7 @@ def _meanfield_one(dyn, Elog_pi0, Elog_P, j, h, valid, num_iters: int, trace: bo
     r, log_Zc, ll_c, xi, post, log_Zx, kal, ll_x, r_x, filtered = carry
     L = slds_local_elbo(log_Zc, r, ll_c, log_Zx, r_x, ll_x)
     Exx, _, m = lds_expected_stats(post)
-    E_psi = jnp.sum(jnp.where(valid[:, None], -0.5 * j * jnp.diagonal(Exx, axis1=-2, axis2=-1) + h * m, 0.0))
+    E_psi = jnp.sum(jnp.where(valid[:, None], -0.5 * j * _diag(Exx) + h * m, 0.0))
     trace_out = tr.reshape(-1)[1:] if trace else jnp.zeros((0,), h.dtype)
     return SLDSLocal(r, xi, post.means, post.covs, *kal, E_psi - L, trace_out, filtered)
 
