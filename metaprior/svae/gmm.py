@@ -431,17 +431,21 @@ def _gauss_moments_bwd(res, cot):
         return _gauss_moments_bwd_small(res, cot)
     Ezz, mu, Linv, h = res
     g_E, g_mu, g_logz, g_Linv = cot
-    T = lambda a: jnp.swapaxes(a, -1, -2)  # noqa: E731
-    outer = lambda u, v: u[..., :, None] * v[..., None, :]  # noqa: E731
-    Sigma = _mm(T(Linv), Linv)
-    mu_bar = g_mu + _mv(g_E + T(g_E), mu)
-    h_bar = g_logz[..., None] * mu + _mv(Sigma, mu_bar)
-    Sigma_bar = g_E + outer(mu_bar, h)
-    M = _mm(g_Linv, T(Linv))
-    Phi = jnp.tril(M, -1) + 0.5 * _diag(M)[..., None, :] * jnp.eye(M.shape[-1], dtype=M.dtype)
-    J_bar = (-_mm(_mm(Sigma, Sigma_bar), Sigma) - 0.5 * g_logz[..., None, None] * Ezz
-             - _mm(_mm(T(Linv), Phi), Linv))
-    return 0.5 * (J_bar + T(J_bar)), h_bar
+    d = mu.shape[-1]
+    # Four batched products: with Sigma h = mu, Sigma Sigma-bar Sigma = L^-T (L^-1 G_E L^-T) L^-1
+    # + (Sigma mu-bar) mu^T, and its sum with the Cholesky term is one sandwich L^-T (.) L^-1.
+    # L^-T materialized (the barrier keeps XLA from folding the transpose into the products,
+    # which on CPU makes them slow generic batched dots instead of XNNPACK calls).
+    LinvT = jax.lax.optimization_barrier(jnp.swapaxes(Linv, -1, -2))
+    mu_bar = g_mu + _mv(g_E + jnp.swapaxes(g_E, -1, -2), mu)
+    Sigma_mu_bar = _mv(LinvT, _mv(Linv, mu_bar))                                    # L^-T L^-1 mu-bar
+    h_bar = g_logz[..., None] * mu + Sigma_mu_bar
+    XM = _mm(jnp.concatenate([_mm(Linv, g_E), g_Linv], -2), LinvT)                  # [L^-1 G_E; G_Linv] L^-T
+    M = XM[..., d:, :]
+    Z = XM[..., :d, :] + jnp.tril(M, -1) + 0.5 * _diag(M)[..., None, :] * jnp.eye(d, dtype=M.dtype)
+    J_bar = (-_mm(_mm(LinvT, Z), Linv)
+             - Sigma_mu_bar[..., :, None] * mu[..., None, :] - 0.5 * g_logz[..., None, None] * Ezz)
+    return 0.5 * (J_bar + jnp.swapaxes(J_bar, -1, -2)), h_bar
 
 
 def _gauss_moments_bwd_small(res, cot):
