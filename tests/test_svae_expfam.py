@@ -74,8 +74,9 @@ def test_global_x64_flag_untouched():
 def test_small_matrix_kernels_match_lapack():
     """The written-out Cholesky factor, triangular inverse, inverse factor, inverse and products
     used for d <= 3 equal numpy's LAPACK results (and the generic path for d = 4), also for a
-    slightly asymmetric input (symmetrized); a non-PD matrix gives NaN."""
-    from metaprior.svae.expfam import _chol, _chol_inv, _inv_pd, _mm, _mv, _tri_inv
+    slightly asymmetric input (symmetrized); a non-PD matrix gives NaN. ``_diag`` (a strided
+    slice) equals ``np.diagonal`` and its gradient puts the cotangent on the diagonal."""
+    from metaprior.svae.expfam import _chol, _chol_inv, _diag, _inv_pd, _mm, _mv, _tri_inv
 
     rng = np.random.default_rng(0)
     with x64():
@@ -95,6 +96,11 @@ def test_small_matrix_kernels_match_lapack():
             v = rng.normal(size=(5, d))
             np.testing.assert_allclose(np.asarray(_mv(jnp.asarray(M), jnp.asarray(v))), np.einsum("bij,bj->bi", M, v), rtol=1e-12)
             np.testing.assert_allclose(np.asarray(_mm(jnp.asarray(M), jnp.asarray(S))), M @ S, rtol=1e-12)
+            # the strided-slice diagonal: values and reverse mode as jnp.diagonal's
+            g = rng.normal(size=(5, d))
+            np.testing.assert_array_equal(np.asarray(_diag(jnp.asarray(M))), np.diagonal(M, axis1=-2, axis2=-1))
+            grad = jax.grad(lambda A: jnp.sum(jnp.asarray(g) * _diag(A)))(jnp.asarray(M))
+            np.testing.assert_array_equal(np.asarray(grad), g[..., :, None] * np.eye(d))
         bad = jnp.asarray([[1.0, 2.0], [2.0, 1.0]])
         assert np.isnan(np.asarray(_chol(bad))).any()
         assert np.isnan(np.asarray(_chol_inv(bad))).any() and np.isnan(np.asarray(_inv_pd(bad)[1]))
