@@ -72,7 +72,7 @@ from metaprior.inference import TrainConfig, Trainer
 from metaprior.methods import METHODS, configure
 from metaprior.methods.fader import edit_values
 from metaprior.nets import MLP
-from metaprior.plots import image_grid
+from metaprior.plots import image_grid, save_figure
 from metaprior.runs import method_record
 
 SHAPES = ("square", "ellipse", "heart")
@@ -224,8 +224,7 @@ def plot_area(rows, ref, path) -> Path:
     ax.legend(fontsize=7)
     ax.set_title("FaderNetwork scale edits on dSprites", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
     return Path(path)
 
 

@@ -62,7 +62,7 @@ from metaprior.evaluation import metrics as M
 from metaprior.evaluation.evaluate import mean_encoder
 from metaprior.inference import TrainConfig, Trainer
 from metaprior.methods import METHODS, configure
-from metaprior.plots import latent_traversals
+from metaprior.plots import latent_traversals, save_figure
 from metaprior.runs import load_run, method_record
 
 
@@ -145,8 +145,7 @@ def heatmaps(rows, path: Path) -> Path:
         ax.set_title(f"{r['method']}: MIG {r['mig']:.3f}", fontsize=10)
         fig.colorbar(im, ax=ax, fraction=0.046, label="I(z_d; v_k) / H(v_k)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 

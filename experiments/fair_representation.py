@@ -71,6 +71,7 @@ from metaprior.data import load
 from metaprior.inference import TrainConfig, Trainer
 from metaprior.methods import METHODS, configure
 from metaprior.methods.fair import evaluate_fairness, probe_scores, probe_sets
+from metaprior.plots import save_figure
 from metaprior.runs import method_record
 
 SENSITIVE = "shape"
@@ -207,8 +208,7 @@ def plot(rows, path: Path, chance: float) -> Path:
     ax.set_title("probe quality against the penalty weight", fontsize=10)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
     return path
 
 

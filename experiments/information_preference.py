@@ -31,6 +31,7 @@ from metaprior.data import load
 from metaprior.evaluation.heldout import heldout_elbo
 from metaprior.inference import TrainConfig, Trainer
 from metaprior.methods import METHODS, configure
+from metaprior.plots import save_figure
 from metaprior.runs import method_record
 
 
@@ -52,9 +53,7 @@ def plot(rows, path: Path) -> None:
     ax.set_title("information preference: rate vs. PixelCNN window", fontsize=10)
     ax.legend(handles=[h1, h2], fontsize=8, loc="center right")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None) -> int:

@@ -33,6 +33,7 @@ from pyro import poutine
 from metaprior.data import load
 from metaprior.inference import TrainConfig, Trainer
 from metaprior.methods import METHODS, configure
+from metaprior.plots import save_figure
 from metaprior.runs import method_record
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,9 +90,7 @@ def plot(rows, dims, path: Path) -> None:
     ax.set_title("KL per stochastic layer (held out)", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None) -> int:

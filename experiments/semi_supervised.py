@@ -61,6 +61,7 @@ from metaprior.inference import TrainConfig, Trainer
 from metaprior.methods import METHODS, configure
 from metaprior.methods.structured import accuracy
 from metaprior.nets.conv import build_encoder_decoder
+from metaprior.plots import save_figure
 from metaprior.runs import load_run, method_record
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,9 +166,7 @@ def plot(rows, path: Path) -> None:
     ax.set_title("semi-supervised: few labels per class", fontsize=10)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None) -> int:

@@ -270,7 +270,7 @@ class SVAEGMM(_SVAERecipe):
         import matplotlib.pyplot as plt
         from matplotlib.patches import Ellipse
 
-        from metaprior.plots import training_curves
+        from metaprior.plots import save_figure, training_curves
         from metaprior.svae.gmm import gmm_global_standard, gmm_infer
 
         run_dir = Path(run_dir)
@@ -306,10 +306,7 @@ class SVAEGMM(_SVAERecipe):
         ax.set_title(f"latent space (E[z]), step {step}", fontsize=10)
         fig.tight_layout()
         out = run_dir / "plots"
-        out.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out / "latent.png", dpi=110)
-        plt.close(fig)
-        return [out / "latent.png", training_curves(run_dir / "metrics.jsonl", out / "training.png")]
+        return [save_figure(fig, out / "latent.png", dpi=110), training_curves(run_dir / "metrics.jsonl", out / "training.png")]
 
 
 # --------------------------------------------------------------------------------------
@@ -412,7 +409,7 @@ class SVAESLDS(_SVAERecipe):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        from metaprior.plots import training_curves
+        from metaprior.plots import save_figure, training_curves
         from metaprior.svae.slds import slds_infer
 
         run_dir = Path(run_dir)
@@ -440,10 +437,7 @@ class SVAESLDS(_SVAERecipe):
         fig.suptitle(f"SLDS-SVAE, step {step}", fontsize=10)
         fig.tight_layout()
         out = run_dir / "plots"
-        out.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out / "states.png", dpi=110)
-        plt.close(fig)
-        return [out / "states.png", training_curves(run_dir / "metrics.jsonl", out / "training.png")]
+        return [save_figure(fig, out / "states.png", dpi=110), training_curves(run_dir / "metrics.jsonl", out / "training.png")]
 
 
 @register("svae_lds")

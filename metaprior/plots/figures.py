@@ -17,10 +17,12 @@ def _is_image(shape: Sequence[int]) -> bool:
     return len(shape) == 3 and shape[0] in (1, 3) and shape[1] > 1 and shape[2] > 1
 
 
-def _save(fig, path) -> Path:
+def save_figure(fig, path, dpi: int = 100) -> Path:
+    """Write ``fig`` to ``path`` (its folder created; cropped to the drawn area), close it and
+    return the path: the last step of every figure here, in the recipes' and experiments' plots."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -46,7 +48,7 @@ def image_grid(images, path, ncol: int | None = None, title: str | None = None,
             axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _scatter(points: dict[str, np.ndarray], path, title: str) -> Path:
@@ -56,7 +58,7 @@ def _scatter(points: dict[str, np.ndarray], path, title: str) -> Path:
         ax.scatter(p[:, 0], p[:, 1] if p.shape[1] > 1 else np.zeros(len(p)), s=6, marker=marker, label=label, alpha=0.7)
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 @torch.no_grad()
@@ -125,7 +127,7 @@ def training_curves(metrics_path, path, keys: Sequence[str] = ("loss", "rate", "
         ax.set_title(key + unit, fontsize=10)
         ax.set_xlabel("step")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def rate_distortion(points: Sequence[dict], path, entropy: float | None = None,
@@ -181,7 +183,7 @@ def rate_distortion(points: Sequence[dict], path, entropy: float | None = None,
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _informative_dims(codes: np.ndarray, kl: np.ndarray | None) -> list[int]:
@@ -220,7 +222,7 @@ def latent_scatter(codes, values, names: Sequence[str], path, kl=None, max_point
                       fontsize=8)
     fig.suptitle(f"{title}: the two most informative dimensions", fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def kl_bars(rate_per_dim, path, dimwise_kl_per_dim=None) -> Path:
@@ -241,7 +243,7 @@ def kl_bars(rate_per_dim, path, dimwise_kl_per_dim=None) -> Path:
     ax.set_title("KL per latent dimension", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def pareto_khat_histogram(khat, path, num_samples: int | None = None) -> Path:
@@ -259,4 +261,4 @@ def pareto_khat_histogram(khat, path, num_samples: int | None = None) -> Path:
     extra = f", K = {num_samples}" if num_samples else ""
     ax.set_title(f"k < 0.5: {good:.0%}   0.5-0.7: {ok:.0%}   >= 0.7: {bad:.0%}  (n = {len(k)}{extra})", fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
