@@ -376,9 +376,10 @@ def _gauss_moments_direct(J, h):
     if d <= _SMALL_D:
         return _gauss_moments_small(J, h)
     Linv = _tri_inv(_chol(J))
-    v = jnp.sum(Linv * h[..., None, :], -1)                        # L^-1 h
-    mean = jnp.sum(Linv * v[..., :, None], -2)                     # J^-1 h = L^-T L^-1 h
-    cov = jnp.sum(Linv[..., :, :, None] * Linv[..., :, None, :], -3)   # L^-T L^-1
+    LinvT = jax.lax.optimization_barrier(jnp.swapaxes(Linv, -1, -2))   # see _gauss_moments_bwd
+    v = _mv(Linv, h)                                               # L^-1 h
+    mean = _mv(LinvT, v)                                           # J^-1 h = L^-T L^-1 h
+    cov = _mm(LinvT, Linv)                                         # L^-T L^-1
     log_z = (0.5 * jnp.sum(v * v, -1) + jnp.sum(jnp.log(_diag(Linv)), -1)
              + 0.5 * d * _LOG_2PI)
     return cov + mean[..., :, None] * mean[..., None, :], mean, log_z, Linv
