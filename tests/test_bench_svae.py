@@ -22,3 +22,30 @@ def test_bench_svae_prints_ratios(capsys):
     # The GMM step runs the plain step's networks plus the mean-field updates: more kernels.
     svae, plain = map(int, re.search(r"kernels per step: svae (\d+), plain VAE (\d+)", out).groups())
     assert svae > plain > 0, out
+
+
+def test_ab_svae_runs_against_a_git_revision(capsys):
+    """``bench/ab_svae.py`` exports a revision's package under another name and runs it beside
+    the working tree's: it prints its ``ab`` line (no timing is asserted)."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    root = Path(__file__).resolve().parents[1]
+    if shutil.which("git") is None or subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"],
+                                                     capture_output=True).returncode != 0:
+        pytest.skip("needs a git checkout")
+    path = root / "bench" / "ab_svae.py"
+    spec = importlib.util.spec_from_file_location("ab_svae", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    try:
+        spec.loader.exec_module(mod)
+        assert mod.main(["--base", "HEAD", "--rounds", "1", "--steps", "2"]) == 0
+    finally:
+        sys.modules.pop(spec.name, None)
+        for name in [m for m in sys.modules if m == mod.BASE_NAME or m.startswith(mod.BASE_NAME + ".")]:
+            sys.modules.pop(name)
+    out = capsys.readouterr().out
+    assert float(re.search(r"^ab gmm new/base ([0-9.]+)$", out, re.M).group(1)) > 0, out
