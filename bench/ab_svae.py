@@ -33,7 +33,7 @@ import jax.numpy as jnp
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from bench_svae import PlainVAE  # noqa: E402
+from bench_svae import PlainVAE, reference_state  # noqa: E402
 
 BASE_NAME = "metaprior_base"
 
@@ -88,11 +88,8 @@ def main(argv=None) -> int:
             spec, engine, state, data = setup(pkg, args.case)
             cases[label] = [spec, engine._step, jax.tree_util.tree_map(jnp.copy, engine.carried_state(spec, state)),
                             jnp.zeros((len(spec.metric_names),), jnp.float32)]
-        net = {k: v for k, v in state["net"].items() if k != "dynamics"}   # the plain VAE has no dynamics
-        opt = {"m": {k: v for k, v in state["opt"]["m"].items() if k != "dynamics"},
-               "v": {k: v for k, v in state["opt"]["v"].items() if k != "dynamics"}, "t": state["opt"]["t"]}
         cases["plain"] = [PlainVAE(spec.latent_dim, spec.likelihood, spec.obs_scale), engine._step,
-                          jax.tree_util.tree_map(jnp.copy, {"net": net, "opt": opt}), jnp.zeros((1,), jnp.float32)]
+                          jax.tree_util.tree_map(jnp.copy, reference_state(state)), jnp.zeros((1,), jnp.float32)]
         xs = [jnp.asarray(data.batch(s, batch, 0)) for s in range(steps)]
         keys = [jax.random.fold_in(jax.random.PRNGKey(0), s) for s in range(steps)]
         lr, n = jnp.float32(1e-3), jnp.float32(data.num_examples)

@@ -77,6 +77,14 @@ class PlainVAE:
         return {**state, "net": net, "opt": opt}, {"loss": loss}
 
 
+def reference_state(state) -> dict:
+    """The plain VAE's state: the SVAE state's networks and their Adam moments, without the
+    SLDS dynamics (the plain VAE has none)."""
+    drop = lambda tree: {k: v for k, v in tree.items() if k != "dynamics"}  # noqa: E731
+    return {"net": drop(state["net"]),
+            "opt": {"m": drop(state["opt"]["m"]), "v": drop(state["opt"]["v"]), "t": state["opt"]["t"]}}
+
+
 _KERNEL = re.compile(r" (fusion|dot|custom-call|copy|concatenate|dynamic-slice|dynamic-update-slice)\(")
 _WHILE = re.compile(r" while\(.*?body=%?([\w.\-]+)(.*)")
 
@@ -100,12 +108,7 @@ def kernel_count(hlo_text: str) -> int:
 
 def bench_case(name, spec, data, batch_size, steps, rounds, fused=False, kernels=False):
     state = spec.init_state(jax.random.PRNGKey(0), data.batch(0, min(data.num_examples, 256), 0))
-    ref_state = {"net": state["net"], "opt": state["opt"]}
-    if "dynamics" in state["net"]:  # the plain VAE has no dynamics: drop them from its Adam state
-        ref_state = {"net": {k: v for k, v in state["net"].items() if k != "dynamics"},
-                     "opt": {"m": {k: v for k, v in state["opt"]["m"].items() if k != "dynamics"},
-                             "v": {k: v for k, v in state["opt"]["v"].items() if k != "dynamics"},
-                             "t": state["opt"]["t"]}}
+    ref_state = reference_state(state)
     # Both steps donate their state (buffers reused in place): give each its own copies. The
     # SVAE's prior is compiled into its step as a constant, as in training (engine.carried_state).
     state, ref_state = (jax.tree_util.tree_map(jnp.copy, s) for s in (carried_state(spec, state), ref_state))
