@@ -450,8 +450,9 @@ def _gauss_moments_bwd(res, cot):
 
 
 def _gauss_moments_bwd_small(res, cot):
-    """:func:`_gauss_moments_bwd` for ``d <= 3`` on matrix entries (the same formulas), each result
-    stacked once: the batched 2x2 products of the matrix form were a dozen kernels per call."""
+    """:func:`_gauss_moments_bwd` for ``d <= 3`` on matrix entries (the same formulas, before the
+    d > 3 path's regrouping), each result stacked from its entries once: the batched 2x2
+    products of the matrix form were a dozen kernels per call."""
     Ezz, mu, Linv, h = res
     g_E, g_mu, g_logz, g_Linv = cot
     d = mu.shape[-1]
