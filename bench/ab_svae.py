@@ -40,7 +40,13 @@ BASE_NAME = "metaprior_base"
 
 def export_base(rev: str, dest: Path) -> None:
     """``git archive <rev> metaprior`` unpacked as ``dest/metaprior_base``, its absolute imports renamed."""
-    tar = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "metaprior"], check=True, capture_output=True).stdout
+    try:
+        tar = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "metaprior"], check=True,
+                             capture_output=True).stdout
+    except (OSError, subprocess.CalledProcessError) as e:
+        detail = getattr(e, "stderr", b"") or str(e).encode()
+        raise SystemExit(f"cannot export metaprior/ at revision {rev!r} ({detail.decode().strip()}); pass a commit, "
+                         "branch or tag of this git checkout with --base") from e
     subprocess.run(["tar", "-x", "-C", str(dest)], input=tar, check=True)
     (dest / "metaprior").rename(dest / BASE_NAME)
     for path in (dest / BASE_NAME).rglob("*.py"):
