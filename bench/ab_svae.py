@@ -84,6 +84,10 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=21)
     p.add_argument("--steps", type=int, default=None, help="steps per round; default 100 (20 for slds)")
     args = p.parse_args(argv)
+    for name in ("batch", "rounds", "steps"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            p.error(f"--{name} must be >= 1, got {value}")
     batch = args.batch or {"gmm": 64, "digits": 128, "slds": 16}[args.case]
     steps = args.steps or (20 if args.case == "slds" else 100)
     with tempfile.TemporaryDirectory() as tmp:
