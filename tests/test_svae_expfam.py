@@ -437,6 +437,37 @@ def test_kalman_smoother_matches_dense_conditioning():
     # float32 paths are checked against the same dense reference in the padding and sampling tests
 
 
+def test_kalman_smoother_reverse_mode_matches_closed_form():
+    """Reverse mode through the (checkpointed) filter and smoother scans against closed forms of
+    the dense posterior ``Sigma = P^-1``, ``E[x] = Sigma H``: the Jacobian of the smoothed means
+    with respect to ``h`` is ``Sigma``; for ``g = sum_t <W_t, Cov(x_t)> + <V_t, Cov(x_t, x_{t+1})>``,
+    ``dSigma = -Sigma dP Sigma`` gives ``dg/dJ_t = -(Sigma Wbig Sigma)_tt`` (symmetrized, as ``J``
+    enters symmetrized), with ``Wbig`` holding ``W_t`` and ``V_t`` at their blocks."""
+    rng = np.random.default_rng(14)
+    T, d = 5, 2
+    init, dyn, pot = _lds_problem(rng, T=T, time_varying=True, full_J=True)
+    *_, Sigma = _dense_lds(init, dyn, pot, return_full=True)
+    W, V = rng.normal(size=(T, d, d)), rng.normal(size=(T - 1, d, d))
+    Wbig = np.zeros((T * d, T * d))
+    for t in range(T):
+        Wbig[t * d:(t + 1) * d, t * d:(t + 1) * d] = W[t]
+        if t < T - 1:
+            Wbig[t * d:(t + 1) * d, (t + 1) * d:(t + 2) * d] = V[t]
+    G = -Sigma @ Wbig @ Sigma
+    want = np.stack([G[t * d:(t + 1) * d, t * d:(t + 1) * d] for t in range(T)])
+    want = 0.5 * (want + np.swapaxes(want, -1, -2))
+    with x64():
+        J, h = map(jnp.asarray, pot)
+        jac = jax.jacrev(lambda hh: kalman_smoother(init, dyn, (J, hh)).means)(h)
+        np.testing.assert_allclose(np.asarray(jac).reshape(T * d, T * d), Sigma, rtol=1e-7, atol=1e-9)
+
+        def g(JJ):
+            post = kalman_smoother(init, dyn, (JJ, h))
+            return jnp.sum(post.covs * W) + jnp.sum(post.cross_covs * V)
+
+        np.testing.assert_allclose(jax.grad(g)(J), want, rtol=1e-7, atol=1e-9)
+
+
 def test_kalman_smoother_mask_padding_lists_and_vmap():
     rng = np.random.default_rng(12)
     init, dyn, (J, h) = _lds_problem(rng, T=6, time_varying=False, full_J=False)
