@@ -74,7 +74,8 @@ def test_global_x64_flag_untouched():
 def test_small_matrix_kernels_match_lapack():
     """The written-out Cholesky factor, triangular inverse, inverse factor, inverse and products
     used for d <= 3 equal numpy's LAPACK results (and the generic path for d = 4), also for a
-    slightly asymmetric input (symmetrized); a non-PD matrix gives NaN. ``_diag`` (a strided
+    slightly asymmetric input (symmetrized); the log-determinant's gradient is the inverse; a
+    non-PD matrix (also a negative definite one) gives NaN. ``_diag`` (a strided
     slice) equals ``np.diagonal`` and its gradient puts the cotangent on the diagonal."""
     from metaprior.svae.expfam import _chol, _chol_inv, _diag, _inv_pd, _mm, _mv, _tri_inv
 
@@ -101,9 +102,16 @@ def test_small_matrix_kernels_match_lapack():
             np.testing.assert_array_equal(np.asarray(_diag(jnp.asarray(M))), np.diagonal(M, axis1=-2, axis2=-1))
             grad = jax.grad(lambda A: jnp.sum(jnp.asarray(g) * _diag(A)))(jnp.asarray(M))
             np.testing.assert_array_equal(np.asarray(grad), g[..., :, None] * np.eye(d))
+            # reverse mode: d log|S| / dS = S^-1 (S symmetric)
+            g_logdet = jax.grad(lambda A: jnp.sum(_inv_pd(A)[1]))(jnp.asarray(S))
+            np.testing.assert_allclose(np.asarray(g_logdet), np.linalg.inv(S), rtol=1e-9, atol=1e-12)
         bad = jnp.asarray([[1.0, 2.0], [2.0, 1.0]])
         assert np.isnan(np.asarray(_chol(bad))).any()
         assert np.isnan(np.asarray(_chol_inv(bad))).any() and np.isnan(np.asarray(_inv_pd(bad)[1]))
+        # negative definite: a positive determinant, still not a covariance (d = 1, 2: closed forms)
+        for neg in (-np.eye(2), -np.ones((1, 1))):
+            inv, logdet = _inv_pd(jnp.asarray(neg))
+            assert np.isnan(np.asarray(logdet)) and np.isnan(np.asarray(inv)).all()
 
 
 def test_gaussian_expected_stats_is_grad_log_normalizer():
