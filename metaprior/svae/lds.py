@@ -355,11 +355,11 @@ def _sample_given_filter(eps, f: LDSFilterResult, A, Q):
     # x_t = offsets_t + gains_t x_{t+1} + Linv_t^T eps_t   (row-vector form below)
     batch_shape = eps.shape[:-2]
     e = jnp.moveaxis(eps.reshape((-1, T, d)), 1, 0)        # (T, S, d)
-    x_last = offsets[-1] + e[-1] @ Linv[-1]
+    x_last = offsets[-1] + _mv(Linv[-1].T, e[-1])
 
     def step(x_next, xs):
         off, gain, Li, e_t = xs
-        x = off + x_next @ gain.T + e_t @ Li
+        x = off + _mv(gain, x_next) + _mv(Li.T, e_t)   # small d: fused products, no dot kernels
         return x, x
 
     _, xs = jax.lax.scan(step, x_last, (offsets[:-1], gains, Linv[:-1], e[:-1]), reverse=True)
