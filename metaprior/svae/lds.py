@@ -352,7 +352,7 @@ def _sample_given_filter(eps, f: LDSFilterResult, A, Q):
     cov_all = jnp.swapaxes(Linv, -1, -2) @ Linv
     offsets = _mv(cov_all, f.filtered_potentials)           # (T, d)
     gains = cov_all[:-1] @ AtQinv                          # (T-1, d, d)
-    # x_t = offsets_t + gains_t x_{t+1} + Linv_t^T eps_t   (row-vector form below)
+    # x_t = offsets_t + gains_t x_{t+1} + Linv_t^T eps_t   (S samples per sequence)
     batch_shape = eps.shape[:-2]
     e = jnp.moveaxis(eps.reshape((-1, T, d)), 1, 0)        # (T, S, d)
     x_last = offsets[-1] + _mv(Linv[-1].T, e[-1])
