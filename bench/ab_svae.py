@@ -9,11 +9,13 @@ on the same batches and keys. Prints the median ms/step of each, the median over
 per-round ratio to the plain step for each version, and of new / base:
 
     python bench/ab_svae.py --base HEAD [--case gmm|digits|slds] [--batch 64] [--rounds 21] [--steps 100]
+        [--length 20]
 
     ab <case> new/base <ratio>
 
 Cases as in ``bench_svae.py``: ``gmm`` (pinwheel, recipe defaults), ``digits`` (K = 10, d = 10,
-hidden 512, batch 128 by default), ``slds`` (bouncing dot, 20 steps x 10 pixels, batch 16).
+hidden 512, batch 128 by default), ``slds`` (bouncing dot, 20 steps x 10 pixels, batch 16;
+``--length`` sets the steps, e.g. 50 as in the ``svae_slds`` recipe's data).
 Needs git and a revision whose package has the same recipe and engine interfaces.
 """
 from __future__ import annotations
@@ -57,7 +59,7 @@ def export_base(rev: str, dest: Path) -> None:
         path.write_text(text)
 
 
-def setup(pkg: str, case: str):
+def setup(pkg: str, case: str, length: int = 20):
     data = importlib.import_module(pkg + ".data")
     methods = importlib.import_module(pkg + ".methods")
     engine = importlib.import_module(pkg + ".svae.engine")
@@ -70,7 +72,7 @@ def setup(pkg: str, case: str):
         raw = data.load("digits")
         spec, d = recipe.spec(raw), recipe.train_data(raw)
     else:
-        d = data.load("bouncing_dot", length=20, width=10)
+        d = data.load("bouncing_dot", length=length, width=10)
         spec = methods.configure(methods.METHODS["svae_slds"], {}).spec(d)
     state = spec.init_state(jax.random.PRNGKey(0), d.batch(0, min(d.num_examples, 256), 0))
     return spec, engine, state, d
@@ -83,7 +85,12 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=None, help="default: 64 (gmm), 128 (digits), 16 (slds)")
     p.add_argument("--rounds", type=int, default=21)
     p.add_argument("--steps", type=int, default=None, help="steps per round; default 100 (20 for slds)")
+    p.add_argument("--length", type=int, default=None, help="slds only: time steps per sequence (default 20)")
     args = p.parse_args(argv)
+    if args.length is not None and args.case != "slds":
+        p.error(f"--length applies to --case slds only (got --case {args.case})")
+    if args.length is not None and args.length < 2:
+        p.error(f"--length must be >= 2 (a sequence needs a transition), got {args.length}")
     for name in ("batch", "rounds", "steps"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -95,7 +102,7 @@ def main(argv=None) -> int:
         sys.path.insert(0, tmp)
         cases = {}
         for label, pkg in (("base", BASE_NAME), ("new", "metaprior")):
-            spec, engine, state, data = setup(pkg, args.case)
+            spec, engine, state, data = setup(pkg, args.case, args.length or 20)
             cases[label] = [spec, engine._step, jax.tree_util.tree_map(jnp.copy, engine.carried_state(spec, state)),
                             jnp.zeros((len(spec.metric_names),), jnp.float32)]
         cases["plain"] = [PlainVAE(spec.latent_dim, spec.likelihood, spec.obs_scale), engine._step,
@@ -116,7 +123,8 @@ def main(argv=None) -> int:
                 times[label].append(time.perf_counter() - t0)
     ms = {k: 1e3 * statistics.median(v) / steps for k, v in times.items()}
     per = lambda a, b: statistics.median(u / v for u, v in zip(times[a], times[b]))  # noqa: E731
-    print(f"# {args.case} (batch {batch}, {args.rounds} rounds of {steps} steps): base ({args.base}) {ms['base']:.3f}, "
+    case = args.case + (f", length {args.length}" if args.length else "")
+    print(f"# {case} (batch {batch}, {args.rounds} rounds of {steps} steps): base ({args.base}) {ms['base']:.3f}, "
           f"new {ms['new']:.3f}, plain VAE {ms['plain']:.3f} ms/step; ratio to plain: base {per('base', 'plain'):.3f}, "
           f"new {per('new', 'plain'):.3f}")
     print(f"ab {args.case} new/base {per('new', 'base'):.3f}", flush=True)

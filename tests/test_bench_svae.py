@@ -51,6 +51,26 @@ def test_ab_svae_runs_against_a_git_revision(capsys):
     assert float(re.search(r"^ab gmm new/base ([0-9.]+)$", out, re.M).group(1)) > 0, out
 
 
+def test_ab_svae_rejects_bad_options():
+    """Impossible settings stop with a usage error before anything is exported or timed."""
+    import pytest
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("ab_svae", root / "bench" / "ab_svae.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    try:
+        spec.loader.exec_module(mod)
+        mod.export_base = lambda *a: pytest.fail("exported despite bad options")
+        for argv in (["--batch", "0"], ["--rounds", "0"], ["--steps", "-1"], ["--case", "gmm", "--length", "30"],
+                     ["--case", "slds", "--length", "1"]):
+            with pytest.raises(SystemExit) as e:
+                mod.main(argv)
+            assert e.value.code == 2, argv
+    finally:
+        sys.modules.pop(spec.name, None)
+
+
 def test_ab_svae_exports_a_separate_package(tmp_path):
     """The exported revision is a package of its own: every module it loads lives under the
     export (no import leaks back into the working tree's ``metaprior``, which would make the A/B
