@@ -114,3 +114,71 @@ def test_ab_svae_exports_a_separate_package(tmp_path):
         sys.modules.pop(spec.name, None)
         for m in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
             sys.modules.pop(m)
+
+
+def _load_bench(name):
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_parallel_in_time_smoother_matches_the_library():
+    """``bench/bench_lds_scan.py``'s associative-scan filter and smoother (with the log
+    normalizer our elements add to Särkkä & García-Fernández's) give every output of the library's
+    sequential smoother, in float64, for d = 1..3, odd and even lengths, time-varying dynamics,
+    full and zero node precisions and a mask; and their reverse mode agrees."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from metaprior.svae.lds import kalman_smoother
+
+    mod = _load_bench("bench_lds_scan")
+    rng = np.random.default_rng(3)
+    with jax.enable_x64(True):
+        for d, T in ((1, 5), (2, 2), (2, 7), (2, 16), (3, 9)):
+            mu0, S0 = rng.normal(size=d), 2.0 * np.eye(d) + 0.3
+            A = 0.6 * rng.normal(size=(T - 1, d, d))
+            Qh = rng.normal(size=(T - 1, d, d))
+            Q = Qh @ np.swapaxes(Qh, -1, -2) + 0.5 * np.eye(d)
+            Jh = rng.normal(size=(T, d, d))
+            J = Jh @ np.swapaxes(Jh, -1, -2)
+            J[T // 2] = 0.0                                   # a step without evidence
+            h = rng.normal(size=(T, d))
+            mask = np.arange(T) != T - 2 if T > 2 else None
+            for m in (None, mask):
+                args = ((mu0, S0), (A, Q), (J, h), m)
+                want, got = kalman_smoother(*args), mod.parallel_smoother(*args)
+                for field in want._fields:
+                    np.testing.assert_allclose(getattr(got, field), getattr(want, field), rtol=1e-9, atol=1e-10,
+                                               err_msg=f"{field}, d={d}, T={T}, mask={m is not None}")
+
+            def scalar(smoother):
+                def f(A, Q, J, h):
+                    p = smoother((jnp.asarray(mu0), jnp.asarray(S0)), (A, Q), (J, h))
+                    return jnp.sum(p.means ** 3) + jnp.sum(p.covs * p.covs) + jnp.sum(p.cross_moments) + p.log_normalizer
+                return jax.grad(f, argnums=(0, 1, 2, 3))
+
+            for g_want, g_got in zip(scalar(kalman_smoother)(A, Q, J, h), scalar(mod.parallel_smoother)(A, Q, J, h)):
+                np.testing.assert_allclose(g_got, g_want, rtol=1e-8, atol=1e-9)
+
+
+def test_bench_lds_scan_prints_ratios(capsys):
+    """The sequential-vs-parallel smoother benchmark runs and prints its ratio lines (no timing is
+    asserted), and rejects impossible options with a usage error."""
+    import pytest
+
+    mod = _load_bench("bench_lds_scan")
+    assert mod.main(["--lengths", "3", "--batch", "2", "--rounds", "1", "--calls", "1"]) == 0
+    out = capsys.readouterr().out
+    ratios = dict(re.findall(r"^ratio (\S+) ([0-9.]+)$", out, re.M))
+    assert set(ratios) == {"lds_parallel_T3_fwd", "lds_parallel_T3_grad"}, out
+    assert all(float(v) > 0 for v in ratios.values())
+    gap = float(re.search(r"objectives differ by ([0-9.e+-]+)", out).group(1))
+    assert gap < 1e-3, out
+    for argv in (["--lengths", "1"], ["--batch", "0"], ["--rounds", "0"]):
+        with pytest.raises(SystemExit) as e:
+            mod.main(argv)
+        assert e.value.code == 2, argv
