@@ -17,7 +17,9 @@ true marginal likelihood is ``log Z`` plus those constants.
 Implementation: a forward Kalman filter with moment-form prediction
 (``P <- A P A^T + Q``) and information-form conditioning on the potentials
 (``Lambda = P^-1 + J``, ``eta = P^-1 m + h``, which admits singular / zero ``J``), followed by
-a Rauch-Tung-Striebel backward pass, both with ``jax.lax.scan``. Posterior samples
+a Rauch-Tung-Striebel backward pass, both with ``jax.lax.scan``. (The parallel-in-time form of
+Särkkä & García-Fernández 2021, associative scans of O(log T) depth, was 1.7-7.8x slower on
+CPU at T = 20-100: ``bench/bench_lds_scan.py``.) Posterior samples
 (``sample_lds_posterior``; ``sample_lds_posterior_from_noise`` for given standard-normal
 noise) use forward filtering, backward sampling: ``x_T`` from the last filtered marginal,
 then ``x_t | x_{t+1}`` with precision ``Lambda_f,t + A_t^T Q_t^-1 A_t`` and potential
