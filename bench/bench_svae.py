@@ -21,12 +21,15 @@ user would train on images) and ``svae_slds`` (bouncing dot, 20 steps x 10 pixel
 Runs in about two minutes on 2 CPU cores (most of it compilation):
 
     python bench/bench_svae.py [--rounds 7] [--steps 100] [--skip-slds] [--gmm-batch 64 256 450] [--fused]
-        [--digits] [--gmm-local-grad last|unrolled] [--kernels]
+        [--digits] [--gmm-local-grad last|unrolled] [--kernels] [--slds-iters 1 2 3]
 
 ``--gmm-batch`` repeats the GMM case at other batch sizes (at most 450, pinwheel's training
 split); ``--fused`` adds a ``ratio <name>_fused`` line per case with every step of a round
 inside one jitted ``lax.scan`` (no per-step dispatch: the computation alone, the logged terms
-included); ``--kernels`` prints how many XLA kernels one compiled step runs on each side.
+included); ``--kernels`` prints how many XLA kernels one compiled step runs on each side;
+``--slds-iters`` repeats the SLDS case at other numbers of mean-field iterations
+(``svae_slds_iters<N>``; the recipe's own count keeps the name ``svae_slds``), which splits its
+step into a part per iteration and the rest.
 Timings on a 2-core machine vary by +-15 % between processes (thread placement), at times
 more; compare ratios from the same run. Measured numbers and what limits them: README,
 "Benchmarks".
@@ -184,7 +187,11 @@ def main(argv=None):
                    help="also print how many XLA kernels one compiled step runs (while-loop bodies times their trip counts)")
     p.add_argument("--fused", action="store_true",
                    help="also time each case with all steps in one jitted lax.scan (no per-step dispatch)")
+    p.add_argument("--slds-iters", type=int, nargs="+", default=None,
+                   help="mean-field iterations of the svae_slds case (default: the recipe's); one ratio line each")
     args = p.parse_args(argv)
+    if args.slds_iters is not None and min(args.slds_iters) < 1:
+        p.error(f"--slds-iters must be >= 1 (each iteration updates q(x) and q(c) once), got {args.slds_iters}")
     pinwheel = load("pinwheel")
     gmm = configure(METHODS["svae_gmm"], {"local_grad": args.gmm_local_grad}).spec(pinwheel)
     for b in args.gmm_batch:
@@ -198,8 +205,11 @@ def main(argv=None):
                    args.fused, args.kernels)
     if not args.skip_slds:
         dots = load("bouncing_dot", length=20, width=10)
-        slds = configure(METHODS["svae_slds"], {}).spec(dots)
-        bench_case("svae_slds", slds, dots, 16, max(10, args.steps // 5), args.rounds, args.fused, args.kernels)
+        default_iters = configure(METHODS["svae_slds"], {}).spec(dots).meanfield_iters
+        for n in args.slds_iters or [default_iters]:
+            slds = configure(METHODS["svae_slds"], {"meanfield_iters": n}).spec(dots)
+            bench_case("svae_slds" if n == default_iters else f"svae_slds_iters{n}", slds, dots, 16,
+                       max(10, args.steps // 5), args.rounds, args.fused, args.kernels)
 
 
 if __name__ == "__main__":

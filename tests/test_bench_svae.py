@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 
-def test_bench_svae_prints_ratios(capsys):
+def _load_bench_svae():
     path = Path(__file__).resolve().parents[1] / "bench" / "bench_svae.py"
     spec = importlib.util.spec_from_file_location("bench_svae", path)
     mod = importlib.util.module_from_spec(spec)
@@ -14,6 +14,11 @@ def test_bench_svae_prints_ratios(capsys):
         spec.loader.exec_module(mod)
     finally:
         sys.modules.pop(spec.name, None)
+    return mod
+
+
+def test_bench_svae_prints_ratios(capsys):
+    mod = _load_bench_svae()
     mod.main(["--rounds", "1", "--steps", "2", "--skip-slds", "--fused", "--kernels"])
     out = capsys.readouterr().out
     ratios = dict(re.findall(r"^ratio (\S+) ([0-9.]+)$", out, re.M))
@@ -182,3 +187,17 @@ def test_bench_lds_scan_prints_ratios(capsys):
         with pytest.raises(SystemExit) as e:
             mod.main(argv)
         assert e.value.code == 2, argv
+
+
+def test_bench_svae_slds_iterations_option(capsys):
+    """``--slds-iters`` names each SLDS line by its iteration count (the recipe's count keeps
+    ``svae_slds``) and rejects counts below one."""
+    import pytest
+
+    mod = _load_bench_svae()
+    mod.main(["--rounds", "1", "--steps", "2", "--slds-iters", "1"])
+    out = capsys.readouterr().out
+    assert set(re.findall(r"^ratio (\S+) ", out, re.M)) == {"svae_gmm", "svae_slds_iters1"}, out
+    with pytest.raises(SystemExit) as e:
+        mod.main(["--slds-iters", "2", "0"])
+    assert e.value.code == 2
