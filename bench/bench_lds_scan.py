@@ -49,8 +49,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metaprior.svae.expfam import _dot, _inv_pd, _mm, _mv, _outer, symmetrize
-from metaprior.svae.lds import LDSPosterior, _prepare, _smooth
+from metaprior.svae.expfam import _dot, _inv_pd, _mm, _mv, _outer, is_concrete, symmetrize
+from metaprior.svae.lds import LDSPosterior, _prepare, _smooth, check_lds_inputs
 
 
 def _t(M):
@@ -131,7 +131,10 @@ def _parallel(mu0, Sigma0, A, Q, J, h) -> LDSPosterior:
 
 def parallel_smoother(init, dynamics, node_potentials, mask=None) -> LDSPosterior:
     """:func:`metaprior.svae.lds.kalman_smoother` of one sequence (same arguments and result) by
-    parallel-in-time associative scans."""
+    parallel-in-time associative scans. Concrete inputs are validated as there (``ValueError``
+    naming the problem: non-positive-definite ``Sigma0`` or ``Q``, indefinite ``J``, bad shapes)."""
+    if is_concrete(init, dynamics, node_potentials, mask):
+        check_lds_inputs(init, dynamics, node_potentials, mask)
     return _parallel(*_prepare(init, dynamics, node_potentials, mask))
 
 

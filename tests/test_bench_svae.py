@@ -172,6 +172,10 @@ def test_parallel_in_time_smoother_matches_the_library():
 
             for g_want, g_got in zip(scalar(kalman_smoother)(A, Q, J, h), scalar(mod.parallel_smoother)(A, Q, J, h)):
                 np.testing.assert_allclose(g_got, g_want, rtol=1e-8, atol=1e-9)
+    import pytest
+
+    with pytest.raises(ValueError, match="dynamics noise covariance Q"):    # validated as the library's
+        mod.parallel_smoother((np.zeros(2), np.eye(2)), (np.eye(2), -np.eye(2)), (np.ones((3, 2)), np.zeros((3, 2))))
 
 
 def test_bench_lds_scan_prints_ratios(capsys):
