@@ -50,7 +50,18 @@ class CheckpointError(TrainingError):
 
 @dataclass
 class TrainConfig:
-    """Optimisation settings. ``checkpoint_every`` and ``log_every`` count steps."""
+    """Optimisation settings. ``checkpoint_every``, ``log_every`` and ``val_every`` count steps.
+
+    ``epochs`` > 0 replaces ``steps`` by ``epochs`` passes over the training split
+    (``epochs * (num_examples // batch_size)`` steps). ``optimizer`` / ``weight_decay`` /
+    ``momentum`` / ``lr_schedule`` choose a ``torch.optim`` optimizer and learning-rate schedule
+    (:mod:`~metaprior.inference.optim`). ``val_every`` > 0 validates on the data set's validation
+    split every so many steps with ``val_metric`` (``elbo``, or ``iwae`` with ``val_samples`` draws),
+    keeps ``checkpoints/best.ckpt`` and, with ``early_stopping`` = patience > 0, stops after that many
+    validations without a new best (:mod:`~metaprior.inference.validation`). ``threads`` > 0 sets
+    ``torch.set_num_threads`` (0: torch's default). ``validate`` is Pyro's argument checking
+    (``pyro.validation_enabled``), not a validation split.
+    """
 
     steps: int = 1000
     batch_size: int = 64
@@ -66,6 +77,16 @@ class TrainConfig:
     grad_clip: float = 0.0
     validate: bool = False
     progress: bool = True
+    epochs: int = 0
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    momentum: float = 0.0
+    lr_schedule: str = "constant"
+    val_every: int = 0
+    val_metric: str = "elbo"
+    val_samples: int = 100
+    early_stopping: int = 0
+    threads: int = 0
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints", "devices"):
@@ -78,6 +99,21 @@ class TrainConfig:
             raise ValueError(f"grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
         if self.device not in ("cpu", "cuda", "mps", "auto"):
             raise ValueError(f"device must be cpu, cuda, mps or auto, got {self.device!r}")
+        for name in ("epochs", "val_every", "early_stopping", "threads"):
+            v = getattr(self, name)
+            if int(v) != v or v < 0:
+                raise ValueError(f"{name} must be an integer >= 0 (0 = off), got {v!r}")
+        from .optim import optimizer_class, parse_lr_schedule
+        from .validation import VAL_METRICS
+
+        optimizer_class(self.optimizer)
+        parse_lr_schedule(self.lr_schedule)
+        if self.val_metric not in VAL_METRICS:
+            raise ValueError(f"val_metric must be one of {', '.join(VAL_METRICS)}, got {self.val_metric!r}")
+        if self.early_stopping and not self.val_every:
+            raise ValueError("early_stopping needs validation: set val_every (steps between validations)")
+        if self.lr_schedule.startswith("plateau") and not self.val_every:
+            raise ValueError("lr_schedule=plateau steps on the validation metric: set val_every")
 
 
 class AuxiliaryUpdate(nn.Module):
@@ -172,7 +208,8 @@ class Trainer:
     """
 
     def __init__(self, pair: nn.Module, objective: ELBO, data, config: TrainConfig, out: str | Path | None = None,
-                 record: Mapping[str, Any] | None = None, aux_updates: Iterable[AuxiliaryUpdate] = ()):
+                 record: Mapping[str, Any] | None = None, aux_updates: Iterable[AuxiliaryUpdate] = (),
+                 callbacks: Iterable[Any] = ()):
         from lightning_fabric import Fabric
 
         if config.device == "cuda" and not torch.cuda.is_available():  # (the JAX engine checks its own backend)
@@ -198,6 +235,21 @@ class Trainer:
         self._acc: dict[str, float] = {}
         self._acc_n = 0
         self.last_metrics: dict[str, float] = {}
+        self.last_validation: dict[str, float] = {}
+        if config.threads:
+            torch.set_num_threads(int(config.threads))
+        if config.epochs:
+            per_epoch = int(data.num_examples) // int(config.batch_size)
+            if per_epoch < 1:
+                raise ValueError(f"batch_size {config.batch_size} exceeds the {data.num_examples} training examples")
+            config.steps = int(config.epochs) * per_epoch
+        self.callbacks = list(callbacks)
+        if config.val_every and not any(hasattr(c, "every") and hasattr(c, "observe") for c in self.callbacks):
+            from ..data.splits import validation_observations
+            from .validation import Validation
+
+            self.callbacks.append(Validation(validation_observations(data), config.val_every, config.val_metric,
+                                             config.val_samples, config.early_stopping, seed=config.seed))
 
     # -- set-up --------------------------------------------------------------------------
     def _setup(self) -> None:
@@ -217,7 +269,12 @@ class Trainer:
         params = [*self.pair.parameters(), *self._param_sites.values()]
         if not params:
             raise TrainingError("the model and guide have no parameters to train")
-        opt = torch.optim.Adam(params, lr=cfg.lr)
+        from .optim import build_optimizer, build_scheduler
+
+        opt = build_optimizer(params, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
+        sched = build_scheduler(opt, cfg.lr_schedule, cfg.steps)
+        plateau = isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau)
+        self._sched, self._plateau = (None, sched) if plateau else (sched, None)
         self._module, self._opt = self.fabric.setup(module, opt)
         self._aux_opts = [self.fabric.setup_optimizers(a.configure_optimizer()) for a in self.aux]
         self._setup_done = True
@@ -239,6 +296,8 @@ class Trainer:
             "aux_optimizers": {str(i): o.state_dict() for i, o in enumerate(self._aux_opts)},
             "param_sites": {k: v.detach().clone() for k, v in self._param_sites.items()},
             "accumulator": {"values": dict(self._acc), "n": self._acc_n},
+            "scheduler": (self._sched or self._plateau).state_dict() if (self._sched or self._plateau) else {},
+            "callbacks": {str(i): c.state_dict() for i, c in enumerate(self.callbacks) if hasattr(c, "state_dict")},
             "rng": {
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -247,16 +306,19 @@ class Trainer:
             },
         }
 
-    def save_checkpoint(self) -> Path:
+    def save_checkpoint(self, name: str | None = None) -> Path:
+        """Write ``checkpoints/step_NNNNNNN.ckpt`` (keeping the newest ``keep_checkpoints``), or ``name``
+        (e.g. ``best.ckpt``, kept apart from the rotation)."""
         d = self.out / "checkpoints"
         d.mkdir(parents=True, exist_ok=True)
-        path = d / f"step_{self.step:07d}.ckpt"
+        path = d / (name or f"step_{self.step:07d}.ckpt")
         tmp = d / f".{path.name}.tmp"
         self.fabric.save(tmp, self._state())
         if self.fabric.is_global_zero:
             os.replace(tmp, path)
-            for old in checkpoints(self.out)[: -self.config.keep_checkpoints]:
-                old.unlink()
+            if name is None:
+                for old in checkpoints(self.out)[: -self.config.keep_checkpoints]:
+                    old.unlink()
         self.fabric.barrier()
         return path
 
@@ -279,6 +341,11 @@ class Trainer:
             random.setstate(rng["python"])
             self._acc = dict(rest["accumulator"]["values"])
             self._acc_n = int(rest["accumulator"]["n"])
+            if rest.get("scheduler") and (self._sched or self._plateau):
+                (self._sched or self._plateau).load_state_dict(rest["scheduler"])
+            for i, c in enumerate(self.callbacks):
+                if str(i) in rest.get("callbacks", {}):
+                    c.load_state_dict(rest["callbacks"][str(i)])
         except Exception as e:  # noqa: BLE001 -- any failure means the file is unusable
             older = [p for p in checkpoints(self.out) if _ckpt_step(p) < _ckpt_step(path)]
             hint = f"delete it to resume from {older[-1].name}" if older else "start afresh without --resume"
@@ -317,7 +384,10 @@ class Trainer:
         for line in path.read_text().splitlines():
             try:
                 step = json.loads(line)["step"]
-                if step < self.step or (step == self.step and step % self.config.log_every == 0):
+                # rows at the checkpoint's step were written before it when its accumulator is empty
+                # (on the log grid, an early stop, a validation row); else they are re-averaged
+                if step < self.step or (step == self.step and (step % self.config.log_every == 0 or self._acc_n == 0
+                                                               or "val_metric" in line)):
                     keep.append(line)
             except (ValueError, KeyError):
                 break  # a torn last line from a crash
@@ -359,7 +429,7 @@ class Trainer:
                    desc="train", dynamic_ncols=True, leave=False)
         last_good = checkpoints(self.out)[-1] if self.out is not None and checkpoints(self.out) else None
         try:
-            while self.step < cfg.steps:
+            while self.step < cfg.steps and not any(getattr(c, "stopped", False) for c in self.callbacks):
                 batch = self._batch(self.step)
                 loss = self._module(batch, self.step, n_data)
                 parts, ctx = self._svi.last_parts, self._svi.last_context
@@ -375,6 +445,8 @@ class Trainer:
                 if cfg.grad_clip > 0:
                     self.fabric.clip_gradients(self._module, self._opt, max_norm=cfg.grad_clip)
                 self._opt.step()
+                if self._sched is not None:
+                    self._sched.step()
                 for aux, opt in zip(self.aux, self._aux_opts):
                     opt.zero_grad(set_to_none=True)
                     out = aux.update(ctx)
@@ -396,12 +468,18 @@ class Trainer:
                 # log grid, so the final off-grid row of a stopped run is dropped and re-averaged on resume.
                 if on_grid:
                     self._log(fh)
-                if self.out is not None and (self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps):
+                stop = False
+                for c in self.callbacks:  # validation (before this step's checkpoint, which then holds its state)
+                    stop = bool(c.after_step(self, fh)) or stop
+                if stop and not on_grid:
+                    self._acc = {k: float(v) for k, v in self._acc.items()}
+                    self._log(fh)
+                if self.out is not None and (self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps or stop):
                     self._acc = {k: float(v) for k, v in self._acc.items()}
                     last_good = self.save_checkpoint()
-                if not on_grid and self.step == cfg.steps:
+                if not on_grid and self.step == cfg.steps and not stop:
                     self._log(fh)
-                if on_grid or self.step == cfg.steps:
+                if (on_grid or self.step == cfg.steps) and self.last_metrics:
                     m = self.last_metrics
                     bar.set_postfix(loss=f"{m['loss']:.2f}", R=f"{m['rate']:.2f}", D=f"{m['distortion']:.2f}")
         finally:

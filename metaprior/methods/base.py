@@ -30,6 +30,9 @@ class GaussianVAE:
     ``likelihood``: auto (Bernoulli for binary data, else learned-scale Gaussian), bernoulli,
     gaussian (fixed scale ``obs_scale``) or gaussian_learned. ``net``: auto (conv for 64x64
     and 28x28 images, else MLP with ``hidden`` layers), mlp, conv64, conv28.
+    ``bound``: ``"elbo"`` (default) or ``"iwae"``, the importance-weighted bound of Burda et al. (2016)
+    with ``iwae_samples`` draws per example and the ``iwae_gradient`` ``"iwae"`` or ``"dreg"`` (Tucker et al.
+    2019); see :mod:`metaprior.inference.iwae` (it takes no regularizer terms).
     """
 
     latent_dim: int = 10
@@ -41,6 +44,9 @@ class GaussianVAE:
     hidden: tuple[int, ...] = (400,)
     analytic_kl: bool = True
     num_particles: int = 1
+    bound: str = "elbo"
+    iwae_samples: int = 5
+    iwae_gradient: str = "iwae"
 
     def __post_init__(self):
         if self.latent_dim < 1:
@@ -54,6 +60,14 @@ class GaussianVAE:
         if self.num_particles < 1:
             raise ValueError(f"num_particles must be >= 1, got {self.num_particles}")
         self.beta_weight()  # validates the schedule string
+        if self.bound not in ("elbo", "iwae"):
+            raise ValueError(f"bound must be 'elbo' or 'iwae', got {self.bound!r}")
+        if self.bound == "iwae":
+            from ..inference.iwae import GRADIENTS
+            if self.iwae_samples < 1:
+                raise ValueError(f"iwae_samples (K) must be >= 1, got {self.iwae_samples}")
+            if self.iwae_gradient not in GRADIENTS:
+                raise ValueError(f"iwae_gradient must be one of {', '.join(GRADIENTS)}, got {self.iwae_gradient!r}")
 
     def beta_weight(self) -> float | Schedule:
         spec = self.beta_schedule.strip()
@@ -85,8 +99,12 @@ class GaussianVAE:
         return {}
 
     def objective(self, data) -> ELBO:
-        return ELBO(beta=self.beta_weight(), terms=self.terms(data), analytic_kl=self.analytic_kl,
-                    num_particles=self.num_particles)
+        """The training objective: the ELBO with the method's terms, or the IWAE bound (``bound="iwae"``)."""
+        from ..inference.iwae import make_objective
+
+        return make_objective(self.bound, self.beta_weight(), analytic_kl=self.analytic_kl,
+                              num_particles=self.num_particles, iwae_samples=self.iwae_samples,
+                              iwae_gradient=self.iwae_gradient, terms=self.terms(data))
 
     def build(self, data) -> tuple[nn.Module, ELBO]:
         return self.build_model(data), self.objective(data)
