@@ -120,12 +120,11 @@ def cmd_train(args) -> int:
 def _engine_method(run_dir: Path, hook: str = "train_run"):
     """The recipe of a run when it defines ``hook`` (``train_run``: its own engine, e.g. the NumPyro/JAX
     SVAE; ``evaluate_run`` / ``plot_run``: its own evaluation or plots), else None."""
-    from .runs import build_method
+    from .runs import build_method, read_record
 
-    cfg = Path(run_dir) / "config.json"
-    if not cfg.exists():
-        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json); train one with `metaprior train --out {run_dir}`")
-    record = json.loads(cfg.read_text())
+    record = read_record(run_dir)
+    if "method" not in record:  # a user's own model (config.json names its factory): the torch path
+        return None
     method = build_method(record["method"], record.get("method_config", {}))
     return method if hasattr(method, hook) else None
 
@@ -134,7 +133,7 @@ def _plot(run_dir: Path, device: str = "cpu") -> list[Path]:
     import torch
 
     from . import plots
-    from .runs import load_run
+    from .runs import MissingPiece, load_run
 
     engine = _engine_method(run_dir, "plot_run")
     if engine is not None:
@@ -142,32 +141,52 @@ def _plot(run_dir: Path, device: str = "cpu") -> list[Path]:
     run = load_run(run_dir, device=device)
     x = torch.as_tensor(run.data.test_observations(64, run.train.seed)).to(device)
     d = run_dir / "plots"
-    paths = [
-        plots.reconstructions(run.pair, x, d / "reconstructions.png"),
-        plots.prior_samples(run.pair, d / "samples.png", seed=run.train.seed),
-        plots.latent_traversals(run.pair, x, d / "traversals.png"),
-        plots.training_curves(run_dir / "metrics.jsonl", d / "training.png"),
-    ]
+    paths: list[Path] = []
+
+    def attempt(what: str, make):
+        try:
+            out = make()
+        except MissingPiece as e:  # a user's program without the piece this plot needs
+            print(f"metaprior: skipped the {what} plot: {e}", file=sys.stderr)
+            return None
+        paths.extend(out if isinstance(out, list) else [out])
+        return out
+
+    rep = None
     if hasattr(run.pair, "encode"):
         try:
-            paths += _plot_representation(run, run_dir, d, device)
+            rep = _representation(run, device)
         except ValueError as e:  # deterministic (ae, vq_vae) or discrete (joint_vae) codes: no Gaussian q(z|x)
             print(f"metaprior: skipped the latent scatter, KL bars and k-hat plots: {e}", file=sys.stderr)
+    kl = None if rep is None else rep[1].rate_per_dim
+    attempt("reconstructions", lambda: plots.reconstructions(run.pair, x, d / "reconstructions.png"))
+    attempt("prior samples", lambda: plots.prior_samples(run.pair, d / "samples.png", seed=run.train.seed))
+    attempt("traversals", lambda: plots.latent_traversals(run.pair, x, d / "traversals.png", kl=kl))
+    paths.append(plots.training_curves(run_dir / "metrics.jsonl", d / "training.png"))
+    if rep is not None:
+        paths += _plot_representation(run, run_dir, d, device, rep)
     return paths
 
 
-def _plot_representation(run, run_dir: Path, d: Path, device: str) -> list[Path]:
+def _representation(run, device: str):
+    """The encodings of the plots' sample and their decomposition (one KL per dimension for every plot)."""
+    from .evaluation.decomposition import decompose_encodings
+    from .evaluation.evaluate import representation_sample
+
+    sample = representation_sample(run, n=PLOT_POINTS, seed=run.train.seed, device=device)
+    return sample, decompose_encodings(sample[0], sample[1], seed=run.train.seed)
+
+
+def _plot_representation(run, run_dir: Path, d: Path, device: str, rep) -> list[Path]:
     """Latent scatter (survey Fig. 1b), per-dimension KL bars and the Pareto k-hat histogram."""
     import torch
 
     from . import plots
-    from .evaluation.decomposition import decompose_encodings
     from .evaluation.diagnostics import MIN_DRAWS, diagnose, pareto_khat
-    from .evaluation.evaluate import representation_sample
+    from .inference.importance import DeterministicGuide
 
     seed = run.train.seed
-    loc, scale, values, names = representation_sample(run, n=PLOT_POINTS, seed=seed, device=device)
-    dec = decompose_encodings(loc, scale, seed=seed)
+    (loc, scale, values, names), dec = rep
     paths = [
         plots.latent_scatter(loc.cpu().numpy(), values, names, d / "latent_scatter.png", kl=dec.rate_per_dim,
                              title=getattr(run.data, "name", "latent space")),
@@ -186,7 +205,11 @@ def _plot_representation(run, run_dir: Path, d: Path, device: str) -> list[Path]
     if khat is None:
         x = torch.as_tensor(run.data.test_observations(PLOT_KHAT_EXAMPLES, seed)).to(device)
         k_draws = max(MIN_DRAWS, PLOT_KHAT_SAMPLES)
-        khat = diagnose(run.pair.model, run.pair.guide, x, k_draws, seed=seed).khat
+        try:
+            khat = diagnose(run.pair.model, run.pair.guide, x, k_draws, seed=seed).khat
+        except DeterministicGuide as e:
+            print(f"metaprior: skipped the k-hat plot: {e}", file=sys.stderr)
+            return paths
     paths.append(plots.pareto_khat_histogram(khat, d / "pareto_khat.png", num_samples=k_draws))
     return paths
 
@@ -226,7 +249,8 @@ def cmd_evaluate(args) -> int:
     run = load_run(args.run, device=args.device)
     log = (lambda msg: print(msg, file=sys.stderr)) if args.verbose else None
     new = evaluate_run(run, metrics, preset=args.preset, overrides=overrides, seed=args.seed, device=args.device,
-                       num_examples=args.num_examples, iwae_samples=args.iwae_samples, out_dir=Path(args.run), log=log)
+                       num_examples=args.num_examples, iwae_samples=args.iwae_samples, out_dir=Path(args.run), log=log,
+                       progress=False if args.no_progress else None)
     path = Path(args.run) / "eval.json"
     results = json.loads(path.read_text()) if path.exists() else {}
     results.update(json_safe(new))
@@ -293,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--device", default="cpu")
     e.add_argument("--verbose", action="store_true", help="name each metric on stderr as it starts")
+    e.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (they are drawn on stderr when it is a terminal, one per metric)")
     e.set_defaults(fn=cmd_evaluate)
 
     pl = sub.add_parser("plot", help="reconstructions, samples, traversals, training curves, latent scatter, KL bars, Pareto k-hat -> plots/")

@@ -310,17 +310,23 @@ def _available(pools: Pools, split: str, n: int) -> int:
 def evaluate_run(run, metrics: str | Sequence[str], preset: str = "default",
                  overrides: Mapping[str, Mapping[str, Any]] | None = None, seed: int = 0,
                  device: str = "cpu", num_examples: int = 1000, iwae_samples: int = 100,
-                 out_dir: str | Path | None = None, log=None) -> dict[str, dict]:
+                 out_dir: str | Path | None = None, log=None, progress: bool | None = None) -> dict[str, dict]:
     """Compute ``metrics`` of a loaded run; returns ``{key: {"value", "settings"}}`` for ``eval.json``.
 
     ``num_examples`` / ``iwae_samples`` are the test-split size and K of the ``elbo`` and
     ``iwae`` metrics (held-out bound, unchanged from earlier versions). With ``out_dir``,
     the ``arviz`` metric also writes the InferenceData to ``out_dir/posterior.nc``. Same
-    seed, same numbers.
+    seed, same numbers. ``progress``: one progress bar per metric on stderr (None: when stderr is a
+    terminal). A metric that needs a piece the model lacks (:class:`~metaprior.runs.MissingPiece`, a
+    deterministic encoder, the decomposition's one-Gaussian-site / N(0, I) prior) is skipped with a
+    message on stderr naming it. The ``iwae`` entries carry the Pareto k-hat of their own importance
+    weights (:func:`iwae_reliability`) and ``reliable: false`` when any example's k-hat is >= 0.7.
     """
     import torch
 
-    from .heldout import heldout_elbo, heldout_iwae
+    from ..inference.importance import DeterministicGuide
+    from ..runs import MissingPiece
+    from .heldout import heldout_elbo, heldout_log_weights, iwae_summary
 
     data = run.data
     names = parse_metrics(metrics, data)
@@ -330,6 +336,7 @@ def evaluate_run(run, metrics: str | Sequence[str], preset: str = "default",
     pools = Pools(data, seed)
     base = {"preset": preset, "seed": seed, "checkpoint_step": run.step, "data": getattr(data, "name", "")}
     results: dict[str, dict] = {}
+    skipped: dict[str, str] = {}
     say = log or (lambda msg: None)
 
     def record(metric: str, values: Mapping[str, float], extra: Mapping[str, Any]):
@@ -357,73 +364,126 @@ def evaluate_run(run, metrics: str | Sequence[str], preset: str = "default",
 
     t_start = time.perf_counter()
     for metric in names:
-        say(f"evaluating {metric} (at {time.perf_counter() - t_start:.0f} s)")
-        key = _METRIC_KEY.get(metric, metric)
-        st = settings.get(metric, {})
-        gt = {"factors": list(factor_names), "factor_source": kind} if metric in FACTOR_METRICS else {}
-        if metric in FACTOR_METRICS or metric == "unsupervised":
-            gt["representation"] = "encoder mean"
-        if metric in ("beta_vae", "factor_vae"):
-            fn = M.METRICS[key]
-            vals = fn(data, encode, _seed(seed, metric), **M.metric_kwargs(key, st))
-            record(metric, vals, gt)
-        elif metric in ("mig", "unsupervised"):
-            n = _available(pools, "train", int(st["num_train"]))
-            codes, f = pools.codes("train", n, encode)
-            kw = M.metric_kwargs(key, st)
-            vals = M.mig(codes, f, **kw) if metric == "mig" else M.unsupervised(codes, **kw)
-            record(metric, vals, {**gt, "num_train_used": len(codes)})
-        elif metric in ("dci", "sap", "modularity", "usefulness"):
-            n_train, n_test = _counts(st)
-            ctr, ftr = pools.codes("train", _available(pools, "train", n_train), encode)
-            cte, fte = pools.codes("test", _available(pools, "test", n_test), encode)
-            kw = M.metric_kwargs(key, st)
-            vals = M.METRICS[key](ctr, ftr, cte, fte, seed=seed, **kw)
-            record(metric, vals, {**gt, "num_train_used": len(ctr), "num_test_used": len(cte)})
-        elif metric == "decomposition":
-            from .decomposition import elbo_decomposition
+        bar = _bar(metric, progress)
+        try:
+            say(f"evaluating {metric} (at {time.perf_counter() - t_start:.0f} s)")
+            key = _METRIC_KEY.get(metric, metric)
+            st = settings.get(metric, {})
+            gt = {"factors": list(factor_names), "factor_source": kind} if metric in FACTOR_METRICS else {}
+            if metric in FACTOR_METRICS or metric == "unsupervised":
+                gt["representation"] = "encoder mean"
+            if metric in ("beta_vae", "factor_vae"):
+                fn = M.METRICS[key]
+                vals = fn(data, encode, _seed(seed, metric), **M.metric_kwargs(key, st))
+                record(metric, vals, gt)
+            elif metric in ("mig", "unsupervised"):
+                n = _available(pools, "train", int(st["num_train"]))
+                codes, f = pools.codes("train", n, encode)
+                kw = M.metric_kwargs(key, st)
+                vals = M.mig(codes, f, **kw) if metric == "mig" else M.unsupervised(codes, **kw)
+                record(metric, vals, {**gt, "num_train_used": len(codes)})
+            elif metric in ("dci", "sap", "modularity", "usefulness"):
+                n_train, n_test = _counts(st)
+                ctr, ftr = pools.codes("train", _available(pools, "train", n_train), encode)
+                cte, fte = pools.codes("test", _available(pools, "test", n_test), encode)
+                kw = M.metric_kwargs(key, st)
+                vals = M.METRICS[key](ctr, ftr, cte, fte, seed=seed, **kw)
+                record(metric, vals, {**gt, "num_train_used": len(ctr), "num_test_used": len(cte)})
+            elif metric == "decomposition":
+                from .decomposition import elbo_decomposition
 
-            n = _available(pools, "train", int(st["num_data"]))
-            obs, _ = pools.get("train", n)
-            dec = elbo_decomposition(run.pair, torch.as_tensor(obs).to(device),
-                                     samples_per_example=int(st["samples_per_example"]),
-                                     iwae_examples=int(st["iwae_examples"]), iwae_samples=int(st["iwae_samples"]),
-                                     chunk_elements=int(st["chunk_elements"]), seed=seed)
-            record(metric, dec.scalars(), {"dataset_size": dec.dataset_size, "num_points": dec.num_points,
-                                           "estimator": "full-data (all N encodings)", "prior": "N(0, I)",
-                                           "unit": "nats per example"})
-        elif metric == "arviz":
-            from .diagnostics import ARVIZ_VERSIONS, diagnose
+                n = _available(pools, "train", int(st["num_data"]))
+                obs, _ = pools.get("train", n)
+                dec = elbo_decomposition(run.pair, torch.as_tensor(obs).to(device),
+                                         samples_per_example=int(st["samples_per_example"]),
+                                         iwae_examples=int(st["iwae_examples"]), iwae_samples=int(st["iwae_samples"]),
+                                         chunk_elements=int(st["chunk_elements"]), seed=seed)
+                record(metric, dec.scalars(), {"dataset_size": dec.dataset_size, "num_points": dec.num_points,
+                                               "estimator": "full-data (all N encodings)", "prior": "N(0, I)",
+                                               "unit": "nats per example"})
+            elif metric == "arviz":
+                from .diagnostics import ARVIZ_VERSIONS, diagnose
 
-            x = torch.as_tensor(data.test_observations(int(st["num_examples"]), run.train.seed)).to(device)
-            diag = diagnose(run.pair.model, run.pair.guide, x, int(st["num_samples"]), seed=seed)
-            extra = {"num_examples_used": len(x), "arviz": ARVIZ_VERSIONS,
-                     "thresholds": "k-hat < 0.5 good, < 0.7 ok, >= 0.7 bad (Yao et al. 2018)"}
-            if out_dir is not None:
-                path = Path(out_dir) / "posterior.nc"
-                diag.idata.attrs["checkpoint_step"] = int(run.step)
-                diag.idata.to_netcdf(str(path))
-                extra["inference_data"] = path.name
-            record(metric, diag.scalars(), extra)
-        elif metric == "elbo":
-            x = torch.as_tensor(data.test_observations(num_examples, run.train.seed)).to(device)
-            hb = {"num_examples": len(x), "split": "test", "checkpoint_step": run.step, "seed": seed}
-            for k, v in heldout_elbo(run.pair, x, seed=seed).items():
-                results[k] = {"value": v, "settings": {**hb, "samples": 1, "unit": "nats per example"}}
-        elif metric == "iwae":
-            from ..inference.importance import DeterministicGuide
+                x = torch.as_tensor(data.test_observations(int(st["num_examples"]), run.train.seed)).to(device)
+                diag = diagnose(run.pair.model, run.pair.guide, x, int(st["num_samples"]), seed=seed)
+                frac = float(np.mean(diag.khat >= KHAT_UNRELIABLE))
+                extra = {"num_examples_used": len(x), "arviz": ARVIZ_VERSIONS,
+                         "thresholds": "k-hat < 0.5 good, < 0.7 ok, >= 0.7 bad (Yao et al. 2018)",
+                         "reliable": frac == 0.0}
+                if frac:
+                    print(f"metaprior: warning: arviz: Pareto k-hat >= 0.7 for {frac:.0%} of {len(x)} examples: "
+                          "the importance-weighted estimates (arviz.iwae_log_likelihood) are unreliable", file=sys.stderr)
+                if out_dir is not None:
+                    path = Path(out_dir) / "posterior.nc"
+                    diag.idata.attrs["checkpoint_step"] = int(run.step)
+                    diag.idata.to_netcdf(str(path))
+                    extra["inference_data"] = path.name
+                record(metric, diag.scalars(), extra)
+            elif metric == "elbo":
+                x = torch.as_tensor(data.test_observations(num_examples, run.train.seed)).to(device)
+                hb = {"num_examples": len(x), "split": "test", "checkpoint_step": run.step, "seed": seed}
+                bar.reset(total=len(x))
+                for k, v in heldout_elbo(run.pair, x, seed=seed, progress=bar.update).items():
+                    results[k] = {"value": v, "settings": {**hb, "samples": 1, "unit": "nats per example"}}
+            elif metric == "iwae":
+                from .diagnostics import pareto_khat
 
-            x = torch.as_tensor(data.test_observations(num_examples, run.train.seed)).to(device)
-            hb = {"num_examples": len(x), "split": "test", "checkpoint_step": run.step, "seed": seed}
-            try:
-                values = heldout_iwae(run.pair, x, num_samples=iwae_samples, seed=seed)
-            except DeterministicGuide as e:
-                print(f"metaprior: skipped iwae: {e}", file=sys.stderr)
-                values = {}
-            for k, v in values.items():
-                results[k] = {"value": v, "settings": {**hb, "K": iwae_samples, "unit": "nats per example"}}
+                x = torch.as_tensor(data.test_observations(num_examples, run.train.seed)).to(device)
+                hb = {"num_examples": len(x), "split": "test", "checkpoint_step": run.step, "seed": seed,
+                      "K": iwae_samples, "unit": "nats per example"}
+                bar.reset(total=len(x))
+                lw = heldout_log_weights(run.pair, x, num_samples=iwae_samples, seed=seed, progress=bar.update)
+                hb.update(iwae_reliability(lw))
+                if not hb["reliable"]:
+                    print(f"metaprior: warning: {hb['reliability']}", file=sys.stderr)
+                for k, v in iwae_summary(lw).items():
+                    results[k] = {"value": v, "settings": hb}
+            bar.update(bar.total - bar.n)
+        except (MissingPiece, DeterministicGuide) as e:
+            skipped[metric] = str(e)
+            print(f"metaprior: skipped {metric}: {e}", file=sys.stderr)
+        except ValueError as e:
+            if metric != "decomposition" or isinstance(e, EvaluationError):
+                raise
+            skipped[metric] = str(e)  # the decomposition's own checks: one Gaussian site, prior N(0, I)
+            print(f"metaprior: skipped {metric}: {e}", file=sys.stderr)
+        finally:
+            bar.close()
     say(f"done (at {time.perf_counter() - t_start:.0f} s)")
     return results
+
+
+#: Pareto k-hat at or above which an importance-sampling estimate is unreliable (Yao et al. 2018, section 3)
+KHAT_UNRELIABLE = 0.7
+
+
+def iwae_reliability(log_weights) -> dict[str, Any]:
+    """Pareto k-hat of each example's importance weights (:func:`~metaprior.evaluation.diagnostics.pareto_khat`)
+    summarized for the settings of an IWAE value: ``khat_max``, ``khat_frac_above_0.7``, ``reliable`` (no
+    example at or above :data:`KHAT_UNRELIABLE`) and a sentence saying so. Yao et al. (2018): with k-hat >= 0.7
+    the weights have (nearly) infinite variance and the IWAE estimate of log p(x) cannot be trusted."""
+    from .diagnostics import MIN_DRAWS, pareto_khat
+
+    lw = np.asarray(log_weights.cpu() if hasattr(log_weights, "cpu") else log_weights, dtype=np.float64)
+    if lw.shape[1] < MIN_DRAWS:
+        return {"reliable": None, "reliability": f"k-hat not computed (needs K >= {MIN_DRAWS} draws per example)"}
+    khat, _ = pareto_khat(lw)
+    frac = float(np.mean(khat >= KHAT_UNRELIABLE))
+    out = {"khat_max": float(np.max(np.maximum(khat, -1.0))), "khat_frac_above_0.7": frac, "reliable": frac == 0.0}
+    out["reliability"] = ("Pareto k-hat < 0.7 for every example: the IWAE estimate is reliable" if frac == 0.0 else
+                          f"IWAE estimate unreliable: Pareto k-hat >= 0.7 for {frac:.0%} of the {len(khat)} examples "
+                          f"(max {out['khat_max']:.2f}; Yao et al. 2018): the guide misses posterior mass")
+    return out
+
+
+def _bar(metric: str, progress: bool | None):
+    """A tqdm bar on stderr for one metric (total 1 unless the metric resets it to its number of examples)."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    enabled = sys.stderr.isatty() if progress is None else bool(progress)
+    return tqdm(total=1, desc=metric, file=sys.stderr, disable=not enabled, leave=True, dynamic_ncols=True)
 
 
 def json_safe(obj):

@@ -54,7 +54,7 @@ def collect(run_dirs: Sequence[str | Path]) -> list[dict]:
                              f"`metaprior evaluate {d} --metrics elbo`) first")
         key = next((k for k in USEFULNESS_KEYS if isinstance(ev.get(k), (int, float))), None)
         rows.append({
-            "run": d.name, "path": str(d), "method": cfg.get("method", "?"),
+            "run": d.name, "path": str(d), "method": cfg.get("method") or cfg.get("model", {}).get("factory", "?"),
             "beta": cfg.get("method_config", {}).get("beta"), "step": last.get("step"),
             "rate": float(rate), "distortion": float(distortion), "rd_source": source,
             "usefulness": float(ev[key]) if key else None, "usefulness_key": key, "eval": ev,

@@ -28,8 +28,10 @@ def save_figure(fig, path, dpi: int = 100) -> Path:
 
 
 def image_grid(images, path, ncol: int | None = None, title: str | None = None,
-               row_labels: Sequence[str] | None = None) -> Path:
-    """Images [N, C, H, W] (values in [0, 1]) as a grid with ``ncol`` columns."""
+               row_labels: Sequence[str] | None = None, col_labels: Sequence[str] | None = None,
+               xlabel: str | None = None) -> Path:
+    """Images [N, C, H, W] (values in [0, 1]) as a grid with ``ncol`` columns; ``row_labels`` left of the rows,
+    ``col_labels`` above the columns, ``xlabel`` under the grid."""
     images = np.asarray(images.detach().cpu() if torch.is_tensor(images) else images, dtype=np.float32)
     n = images.shape[0]
     ncol = ncol or int(np.ceil(np.sqrt(n)))
@@ -46,6 +48,11 @@ def image_grid(images, path, ncol: int | None = None, title: str | None = None,
     if row_labels is not None:
         for r, label in enumerate(row_labels[:nrow]):
             axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    if col_labels is not None:
+        for c, label in enumerate(col_labels[:ncol]):
+            axes[0, c].set_title(label, fontsize=8)
+    if xlabel:
+        fig.supxlabel(xlabel, fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10)
     return save_figure(fig, path)
@@ -95,11 +102,16 @@ def prior_samples(pair, path, n: int = 64, seed: int = 0) -> Path:
 
 @torch.no_grad()
 def latent_traversals(pair, x: torch.Tensor, path, values: Sequence[float] = tuple(np.linspace(-2, 2, 9)),
-                      dims: Sequence[int] | None = None) -> Path:
+                      dims: Sequence[int] | None = None, kl=None) -> Path:
     """One row per latent dimension: the encoder mean of ``x[0]`` with that dimension set to each of ``values``
-    (the survey's Fig. 4). Rows are sorted by the dimension's mean KL on ``x`` (most informative first)."""
+    (the survey's Fig. 4); columns are labelled with their z value. Rows are sorted by the dimension's mean KL
+    (most informative first): ``kl`` [D] when given (``metaprior plot`` passes the KL per dimension that its
+    KL bars and latent scatter show, so every plot of a run names the same numbers), else the closed-form
+    KL(q(z_d|x) || N(0, 1)) averaged over ``x``."""
     loc, scale = pair.encode(x)
-    kl = (0.5 * (loc**2 + scale**2 - 1) - torch.log(scale)).mean(0)
+    if kl is None:
+        kl = (0.5 * (loc**2 + scale**2 - 1) - torch.log(scale)).mean(0)
+    kl = torch.as_tensor(np.asarray(kl, dtype=np.float64))
     dims = list(dims) if dims is not None else torch.argsort(kl, descending=True).tolist()
     base = loc[:1]
     rows = []
@@ -109,23 +121,46 @@ def latent_traversals(pair, x: torch.Tensor, path, values: Sequence[float] = tup
         rows.append(pair.decode(z))
     if not _is_image(rows[0].shape[1:]):
         return _scatter({f"z{d}": r.cpu().numpy() for d, r in list(zip(dims, rows))[:3]}, path, "latent traversals")
-    labels = [f"z{d} KL={kl[d]:.2f}" for d in dims]
+    labels = [f"z{d} KL={float(kl[d]):.2f}" for d in dims]
     return image_grid(torch.cat(rows), path, ncol=len(values), row_labels=labels,
-                      title=f"latent traversals, z from {values[0]:g} to {values[-1]:g}")
+                      col_labels=[f"{v:+.1f}" for v in values], xlabel="value of the traversed dimension",
+                      title="latent traversals: one dimension varied, the others at the encoder mean of one input")
+
+
+def _robust_ylim(v: np.ndarray) -> tuple[float, float] | None:
+    """Limits that show the values after the first tenth of training (the start-up transient clipped)."""
+    v = v[np.isfinite(v)]
+    if len(v) < 10:
+        return None
+    tail = v[len(v) // 10:]
+    lo, hi = float(tail.min()), float(tail.max())
+    pad = 0.08 * (hi - lo) if hi > lo else max(abs(hi) * 0.05, 1e-3)
+    return lo - pad, hi + pad
 
 
 def training_curves(metrics_path, path, keys: Sequence[str] = ("loss", "rate", "distortion")) -> Path:
     """Logged values against the step, one panel per key, from a run's metrics.jsonl (default: loss,
-    rate and distortion; keys a run did not log are left out)."""
+    rate and distortion; keys a run did not log are left out). The y axis shows the values after the first
+    tenth of the steps (the start-up transient, often ten times larger, runs off the top, marked with an arrow
+    when it does) and each panel's title states the final value."""
     rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
     keys = [k for k in keys if rows and k in rows[0]] or list(keys[:1])
     fig, axes = plt.subplots(1, len(keys), figsize=(3.7 * len(keys), 3), squeeze=False)
     steps = [r["step"] for r in rows]
     for ax, key in zip(axes[0], keys):
-        ax.plot(steps, [r.get(key, float("nan")) for r in rows])
+        v = np.array([r.get(key, float("nan")) for r in rows], dtype=np.float64)
+        ax.plot(steps, v, lw=1)
         unit = {"loss": " (nats / example)", "rate": " (nats)", "distortion": " (nats)"}.get(key, "")
-        ax.set_title(key + unit, fontsize=10)
+        final = v[np.isfinite(v)][-1] if np.isfinite(v).any() else float("nan")
+        ax.set_title(f"{key}{unit}\nfinal {final:.4g} at step {steps[-1] if steps else 0}", fontsize=9)
+        lim = _robust_ylim(v)
+        if lim is not None:
+            ax.set_ylim(*lim)
+            if np.nanmax(v) > lim[1]:
+                ax.annotate("start-up values above", xy=(0.02, 0.97), xycoords="axes fraction", fontsize=7,
+                            va="top", color="0.4")
         ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     return save_figure(fig, path)
 
@@ -191,12 +226,17 @@ def _informative_dims(codes: np.ndarray, kl: np.ndarray | None) -> list[int]:
     return [int(d) for d in np.argsort(-score, kind="stable")[:2]]
 
 
+#: a factor or label with at most this many distinct values is drawn with a discrete legend, not a colour bar
+MAX_CATEGORIES = 20
+
+
 def latent_scatter(codes, values, names: Sequence[str], path, kl=None, max_points: int = 2000,
                    title: str = "latent space") -> Path:
     """The two most informative latent dimensions, one panel per factor or label, points coloured by it.
 
     The survey's Fig. 1b. ``codes`` [n, D] (encoder means), ``values`` [n, k] integer factors
-    or labels (None: one uncoloured panel) named by ``names``; ``kl`` [D] ranks the
+    or labels (None: one uncoloured panel) named by ``names``, drawn with a discrete legend (outside the
+    axes) when they take at most :data:`MAX_CATEGORIES` values, else a colour bar; ``kl`` [D] ranks the
     dimensions (the mean KL of each, most informative = largest; default: the variance of
     the codes). A 1-D latent is drawn against a constant.
     """
@@ -212,10 +252,17 @@ def latent_scatter(codes, values, names: Sequence[str], path, kl=None, max_point
         if v is None:
             ax.scatter(x, y, s=4, alpha=0.6)
         else:
-            k = len(np.unique(v))
-            cmap = "tab10" if k <= 10 else "viridis"
-            sc = ax.scatter(x, y, c=v, s=4, alpha=0.7, cmap=cmap)
-            fig.colorbar(sc, ax=ax, fraction=0.046, pad=0.02)
+            levels = np.unique(v)
+            if len(levels) <= MAX_CATEGORIES:  # categorical: one colour and one legend entry per value
+                cmap = plt.get_cmap("tab10" if len(levels) <= 10 else "tab20")
+                for i, level in enumerate(levels):
+                    sel = v == level
+                    ax.scatter(x[sel], y[sel], s=4, alpha=0.7, color=cmap(i), label=f"{level:g}")
+                ax.legend(title=name, fontsize=7, title_fontsize=8, markerscale=3, loc="upper left",
+                          bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
+            else:  # many ordered values: a colour bar
+                sc = ax.scatter(x, y, c=v, s=4, alpha=0.7, cmap="viridis")
+                fig.colorbar(sc, ax=ax, fraction=0.046, pad=0.02, label=name)
             ax.set_title(f"coloured by {name}", fontsize=9)
         ax.set_xlabel(f"z{dims[0]}" + (f" (KL {kl[dims[0]]:.2f})" if kl is not None else ""), fontsize=8)
         ax.set_ylabel((f"z{dims[1]}" + (f" (KL {kl[dims[1]]:.2f})" if kl is not None else "")) if len(dims) > 1 else "",
@@ -240,15 +287,16 @@ def kl_bars(rate_per_dim, path, dimwise_kl_per_dim=None) -> Path:
     ax.set_xticks(d)
     ax.set_xticklabels([f"z{i}" for i in d], fontsize=8)
     ax.set_ylabel("nats")
-    ax.set_title("KL per latent dimension", fontsize=10)
-    ax.legend(fontsize=8)
+    ax.set_title("KL per latent dimension", fontsize=10, pad=28 if dimwise_kl_per_dim is not None else 6)
+    ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
     fig.tight_layout()
     return save_figure(fig, path)
 
 
 def pareto_khat_histogram(khat, path, num_samples: int | None = None) -> Path:
     """Histogram of per-example Pareto k-hat of the importance weights (Yao et al. 2018), with the
-    0.5 and 0.7 thresholds; k-hat of constant weights (-inf) is drawn at -1."""
+    0.5 and 0.7 thresholds; k-hat of constant weights (-inf) is drawn at -1. When any example reaches 0.7
+    the figure says in red that the importance-weighted estimates are unreliable."""
     k = np.maximum(np.asarray(khat, dtype=np.float64), -1.0)
     k = np.where(np.isfinite(k), k, 2.0)
     fig, ax = plt.subplots(figsize=(5, 3.2))
@@ -260,5 +308,9 @@ def pareto_khat_histogram(khat, path, num_samples: int | None = None) -> Path:
     ax.set_ylabel("examples")
     extra = f", K = {num_samples}" if num_samples else ""
     ax.set_title(f"k < 0.5: {good:.0%}   0.5-0.7: {ok:.0%}   >= 0.7: {bad:.0%}  (n = {len(k)}{extra})", fontsize=9)
+    if bad > 0:
+        ax.text(0.98, 0.95, f"UNRELIABLE: k-hat >= 0.7 for {bad:.0%}\nof examples (importance weights with\n"
+                "infinite variance; IWAE estimates\nof log p(x) cannot be trusted)", transform=ax.transAxes,
+                ha="right", va="top", fontsize=7, color="red")
     fig.tight_layout()
     return save_figure(fig, path)
