@@ -401,3 +401,61 @@ def test_probes_against_an_identity_and_a_constant_representation():
     assert probe_r2(codes[:400], y[:400], codes[400:], y[400:]) > 0.999
     assert probe_r2(const[:400], y[:400], const[400:], y[400:]) <= 0.0 + 1e-2
     assert probe_r2(codes[:400], np.ones(400), codes[400:], np.ones(200)) == 0.0
+
+
+# ------------------------------------------------------- parallel and shared paths
+
+def test_parallel_and_sequential_fits_give_identical_values(sample, identity_codes, monkeypatch):
+    """n_jobs only changes where the seeded fits run: every value is bit-identical."""
+    f_tr, f_te, n_tr, n_te = sample
+    c_tr, c_te = identity_codes
+    args = (c_tr[:300] + n_tr[:300], f_tr[:300], c_te[:200], f_te[:200])
+    monkeypatch.setattr(M, "_PARALLEL_MIN_WORK", 0)  # force the worker processes on tiny data
+    calls = [(M.dci, dict(model="random_forest")), (M.sap, {}), (M.modularity_explicitness, {}),
+             (M.usefulness, dict(sizes=(50, 300), models=("logistic", "random_forest")))]
+    for fn, kw in calls:
+        M.clear_fit_cache()
+        seq = fn(*args, n_jobs=1, **kw)
+        M.clear_fit_cache()
+        par = fn(*args, n_jobs=2, **kw)
+        assert seq == par, fn.__name__
+
+
+def test_usefulness_reuses_the_dci_fits_on_the_same_codes(sample, identity_codes, monkeypatch):
+    f_tr, f_te, n_tr, n_te = sample
+    c_tr, c_te = identity_codes
+    args = (c_tr[:400] + n_tr[:400], f_tr[:400], c_te[:200], f_te[:200])
+    kw = dict(sizes=(400,), models=("random_forest",), n_jobs=1)
+    M.clear_fit_cache()
+    fresh = M.usefulness(*args, **kw)
+    M.clear_fit_cache()
+    M.dci(*args, model="random_forest", n_jobs=1)
+    fits = []
+    real = M._fit_and_score
+    monkeypatch.setattr(M, "_fit_and_score", lambda *a: fits.append(a) or real(*a))
+    shared = M.usefulness(*args, **kw)
+    assert fits == []  # every size-400 forest came from dci's fits
+    assert shared == fresh
+    # a different seed is a different model: refit
+    M.usefulness(*args, seed=1, **kw)
+    assert len(fits) == K
+    M.clear_fit_cache()
+
+
+def test_intervention_scores_encode_each_grid_point_once(data):
+    """BetaVAE + FactorVAE draw ~100x more rows than the 120-point grid holds: with the code
+    cache each point is encoded once over both calls, and the scores equal the uncached ones."""
+    seen = []
+
+    def counting(x):
+        seen.append(len(x))
+        return identity(x) + 0.01 * np.sin(np.arange(x.shape[1]) + x.sum(1, keepdims=True))
+
+    M.clear_code_cache()
+    kw = dict(num_train=200, num_eval=100)
+    b = M.beta_vae_score(data, counting, 0, **kw)
+    f = M.factor_vae_score(data, counting, 0, num_variance_estimate=500, **kw)
+    assert sum(seen) == int(np.prod(data.factor_sizes))
+    M.clear_code_cache()
+    assert b == M.beta_vae_score(data, counting, 0, cache=False, **kw)
+    assert f == M.factor_vae_score(data, counting, 0, num_variance_estimate=500, cache=False, **kw)

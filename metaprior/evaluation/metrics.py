@@ -99,6 +99,7 @@ import warnings
 from typing import Callable, Sequence
 
 import functools
+import weakref
 
 import numpy as np
 
@@ -191,6 +192,71 @@ def _blas_one_thread():
         import contextlib
         return contextlib.nullcontext()
     return threadpool_limits(limits=1, user_api="blas")
+
+
+# ------------------------------------------------------- parallel fits, shared fits
+
+#: below this many (training points x classes) summed over the jobs, fits run sequentially:
+#: starting worker processes would cost more than the fits
+_PARALLEL_MIN_WORK = 200_000
+
+
+def _parallel_map(fn, jobs, n_jobs, work: int | None = None):
+    """``[fn(*job) for job in jobs]``, in joblib worker processes unless ``n_jobs == 1`` or
+    the total ``work`` (training points x classes) is below :data:`_PARALLEL_MIN_WORK`.
+
+    Every job is a seeded, deterministic model fit, so the parallel and the sequential
+    paths give identical values (tested). Jobs should come longest first (joblib hands
+    them out in order; longest-first keeps both cores busy to the end).
+    """
+    jobs = list(jobs)
+    small = work is not None and work < _PARALLEL_MIN_WORK
+    if n_jobs is None or n_jobs == 1 or len(jobs) < 2 or small:
+        return [fn(*job) for job in jobs]
+    from joblib import Parallel, delayed
+    return Parallel(n_jobs=n_jobs)(delayed(fn)(*job) for job in jobs)
+
+
+#: fitted models shared between metrics in one process: (model, seed, X digest, y digest) ->
+#: model. DCI's "gbt" fits on 10,000 training codes are exactly usefulness' ``gbt`` fits at
+#: size 10,000 when both get the same codes (as ``metaprior evaluate`` passes them), so the
+#: second metric reuses them instead of refitting (same values: same data, model and seed).
+_FIT_CACHE: "dict[tuple, object]" = {}
+_FIT_CACHE_SIZE = 16
+
+
+def _digest(a: np.ndarray) -> str:
+    import hashlib
+    a = np.ascontiguousarray(a)
+    return hashlib.sha1(a.view(np.uint8).ravel()).hexdigest() + str(a.shape) + str(a.dtype)
+
+
+def _cache_key(model: str, seed: int, x: np.ndarray, y: np.ndarray) -> tuple:
+    return (model, int(seed), _digest(x), _digest(y))
+
+
+def _cache_put(key: tuple, clf) -> None:
+    _FIT_CACHE.pop(key, None)
+    _FIT_CACHE[key] = clf
+    while len(_FIT_CACHE) > _FIT_CACHE_SIZE:
+        _FIT_CACHE.pop(next(iter(_FIT_CACHE)))
+
+
+def clear_fit_cache() -> None:
+    """Forget the fitted models shared between metrics (see ``_FIT_CACHE``)."""
+    _FIT_CACHE.clear()
+
+
+def _fit_quiet(clf, x, y):
+    with warnings.catch_warnings(), _blas_one_thread():
+        warnings.simplefilter("ignore", category=_convergence_warning())
+        warnings.simplefilter("ignore", category=UserWarning)
+        clf.fit(x, y)
+    return clf
+
+
+def _num_classes(y: np.ndarray) -> int:
+    return int(np.unique(y).size)
 
 
 # ---------------------------------------------------------------- input validation
@@ -470,9 +536,41 @@ def dci_from_importance(importance: np.ndarray) -> tuple[float, float]:
     return (math.fsum(per_code * code_w), math.fsum(per_factor * factor_w))
 
 
+def _fit_and_score(model: str, seed: int, x, y, x_test, y_test):
+    """Worker: fit ``model`` on (x, y); return (model, train accuracy, test accuracy)."""
+    clf = _fit_quiet(_importance_model(model, seed) if model in _DCI_MODELS else _predictor(model, seed), x, y)
+    with _blas_one_thread():
+        return clf, float(np.mean(clf.predict(x) == y)), float(np.mean(clf.predict(x_test) == y_test))
+
+
+def _shared_fits(model: str, seed: int, x, f, x_test, f_test, n_jobs):
+    """One fitted ``model`` per factor column of ``f`` with its train / test accuracies:
+    from :data:`_FIT_CACHE` where the same (model, seed, x, y) was fit before, the rest in
+    parallel (most classes first) and cached."""
+    k = f.shape[1]
+    keys = [_cache_key(model, seed, x, f[:, j]) for j in range(k)]
+    out: list = [None] * k
+    todo = []
+    for j in range(k):
+        clf = _FIT_CACHE.get(keys[j])
+        if clf is not None:
+            with _blas_one_thread():
+                out[j] = (clf, float(np.mean(clf.predict(x) == f[:, j])),
+                          float(np.mean(clf.predict(x_test) == f_test[:, j])))
+        else:
+            todo.append(j)
+    todo.sort(key=lambda j: -_num_classes(f[:, j]))
+    done = _parallel_map(_fit_and_score, [(model, seed, x, f[:, j], x_test, f_test[:, j]) for j in todo],
+                         n_jobs, work=len(x) * sum(_num_classes(f[:, j]) for j in todo))
+    for j, res in zip(todo, done):
+        out[j] = res
+        _cache_put(keys[j], res[0])
+    return out
+
+
 @_single_thread_blas
 def dci(codes_train, factors_train, codes_test, factors_test, model: str = "gbt",
-        seed: int = 0) -> dict[str, float]:
+        seed: int = 0, n_jobs: int = -1) -> dict[str, float]:
     """Disentanglement, completeness, informativeness (Eastwood & Williams 2018;
     Tschannen et al. 2018, sec. 3.1).
 
@@ -503,6 +601,13 @@ def dci(codes_train, factors_train, codes_test, factors_test, model: str = "gbt"
     ties are broken by sklearn's random feature order and the scores only agree in
     distribution).
 
+    Speed: the per-factor models are fit in parallel processes (``n_jobs``, joblib; -1 = all
+    cores, 1 = sequential; identical values either way) and kept in a small in-process cache
+    keyed by the exact training data, model and seed, which :func:`usefulness` reuses for
+    its size-``num_train`` fits of the same model on the same codes (``metaprior evaluate``
+    passes both the same pools). Time is otherwise sklearn's own: gradient boosting grows
+    one depth-3 tree per class per stage (4,000 trees for a 40-class factor).
+
     Returns ``{"disentanglement", "completeness", "informativeness_train",
     "informativeness_test"}``.
     """
@@ -517,16 +622,12 @@ def dci(codes_train, factors_train, codes_test, factors_test, model: str = "gbt"
         ctr, cte = _standardize(ctr, cte)
     d, k = ctr.shape[1], ftr.shape[1]
     importance = np.zeros((d, k))
-    acc_train, acc_test = [], []
-    for j in range(k):
-        clf = _importance_model(model, seed)
-        clf.fit(ctr, ftr[:, j])
-        if model == "logistic":
-            importance[order, j] = np.abs(clf.coef_).sum(axis=0)
-        else:
-            importance[order, j] = _tree_importances(clf)
-        acc_train.append(np.mean(clf.predict(ctr) == ftr[:, j]))
-        acc_test.append(np.mean(clf.predict(cte) == fte[:, j]))
+    fits = _shared_fits(model, seed, ctr, ftr, cte, fte, n_jobs)
+    for j, (clf, _, _) in enumerate(fits):
+        importance[order, j] = (np.abs(clf.coef_).sum(axis=0) if model == "logistic"
+                                else _tree_importances(clf))
+    acc_train = [a for _, a, _ in fits]
+    acc_test = [a for _, _, a in fits]
     dis, comp = dci_from_importance(importance)
     return {"disentanglement": float(dis), "completeness": float(comp),
             "informativeness_train": float(np.mean(acc_train)),
@@ -535,9 +636,17 @@ def dci(codes_train, factors_train, codes_test, factors_test, model: str = "gbt"
 
 # ------------------------------------------------------------------------- SAP
 
+def _sap_row(x, f, x_test, f_test, seed):
+    """Worker: test accuracies of 1-D LinearSVCs from one code column to each factor."""
+    from sklearn.svm import LinearSVC
+    return [float(np.mean(_fit_quiet(LinearSVC(C=0.01, class_weight="balanced", random_state=seed),
+                                     x, f[:, j]).predict(x_test) == f_test[:, j]))
+            for j in range(f.shape[1])]
+
+
 @_single_thread_blas
 def sap(codes_train, factors_train, codes_test, factors_test, continuous_factors: bool = False,
-        seed: int = 0) -> dict[str, float]:
+        seed: int = 0, n_jobs: int = -1) -> dict[str, float]:
     """Separated Attribute Predictability (Kumar et al. 2018, sec. 3; Tschannen et al. 2018,
     sec. 3.1).
 
@@ -552,7 +661,8 @@ def sap(codes_train, factors_train, codes_test, factors_test, continuous_factors
     points sampled by the caller, ``continuous_factors=False``. With ordinal factors of
     many values the 1-D one-vs-rest SVM cannot isolate middle classes, so even a perfect
     code scores well below 1 (the score is a gap between accuracies). ``seed`` is passed as
-    ``random_state``. Needs >= 2 code dimensions.
+    ``random_state``. Needs >= 2 code dimensions. The per-code fits run in parallel
+    processes (``n_jobs``, joblib; identical values for any ``n_jobs``).
 
     Returns ``{"sap": float}`` (disentanglement_lib's key: ``SAP_score``).
     """
@@ -570,14 +680,10 @@ def sap(codes_train, factors_train, codes_test, factors_test, continuous_factors
         ok = var_z > 1e-12
         s[ok] = cov[ok] ** 2 / (var_z[ok, None] * var_y[None, :])
     else:
-        from sklearn.svm import LinearSVC
-        for i in range(d):
-            for j in range(k):
-                clf = LinearSVC(C=0.01, class_weight="balanced", random_state=seed)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", category=_convergence_warning())
-                    clf.fit(ctr[:, i:i + 1], ftr[:, j])
-                s[i, j] = np.mean(clf.predict(cte[:, i:i + 1]) == fte[:, j])
+        rows = _parallel_map(_sap_row, [(ctr[:, i:i + 1], ftr, cte[:, i:i + 1], fte, seed)
+                                        for i in range(d)], n_jobs,
+                             work=d * len(ctr) * sum(_num_classes(ftr[:, j]) for j in range(k)))
+        s[:] = np.array(rows)
     top = np.sort(s, axis=0)
     return {"sap": float(np.mean(top[-1] - top[-2]))}
 
@@ -601,9 +707,18 @@ def _ovr_auc(y: np.ndarray, proba: np.ndarray, classes: np.ndarray) -> float:
     return float(np.mean(aucs)) if aucs else float("nan")
 
 
+def _explicitness(z, y, z_test, y_test, seed):
+    """Worker: train / test macro one-vs-rest AUC of a LogisticRegression from codes to one factor."""
+    from sklearn.linear_model import LogisticRegression
+    clf = _fit_quiet(LogisticRegression(random_state=seed), z, y)
+    with _blas_one_thread():
+        return (_ovr_auc(y, clf.predict_proba(z), clf.classes_),
+                _ovr_auc(y_test, clf.predict_proba(z_test), clf.classes_))
+
+
 @_single_thread_blas
 def modularity_explicitness(codes_train, factors_train, codes_test, factors_test,
-                            num_bins: int = 20, seed: int = 0) -> dict[str, float]:
+                            num_bins: int = 20, seed: int = 0, n_jobs: int = -1) -> dict[str, float]:
     """Modularity and explicitness (Ridgeway & Mozer 2018; Tschannen et al. 2018, sec. 3.1).
 
     *Modularity*: with m_ik the discretized mutual information between code i
@@ -618,11 +733,11 @@ def modularity_explicitness(codes_train, factors_train, codes_test, factors_test
     Settings (disentanglement_lib ``modularity_explicitness``): ``num_train=10000``,
     ``num_test=5000`` points sampled by the caller, histogram discretizer, ``num_bins=20``.
     Deviation: per-class AUCs skip classes absent from the evaluated set. ``seed`` is
-    passed as ``random_state``.
+    passed as ``random_state``. The per-factor fits run in parallel processes (``n_jobs``,
+    joblib; identical values for any ``n_jobs``).
 
     Returns ``{"modularity", "explicitness_train", "explicitness_test"}``.
     """
-    from sklearn.linear_model import LogisticRegression
     ctr, ftr, cte, fte = _check_train_test(codes_train, factors_train, codes_test, factors_test,
                                            "modularity_explicitness")
     mi = discrete_mutual_info(histogram_discretize(ctr, num_bins), ftr)  # [D, K]
@@ -634,14 +749,12 @@ def modularity_explicitness(codes_train, factors_train, codes_test, factors_test
         score = 1.0 - delta
     score[mx == 0.0] = 0.0
     ztr, zte = _standardize(ctr, cte)
-    e_train, e_test = [], []
-    for j in range(k):
-        clf = LogisticRegression(random_state=seed)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", category=_convergence_warning())
-            clf.fit(ztr, ftr[:, j])
-        e_train.append(_ovr_auc(ftr[:, j], clf.predict_proba(ztr), clf.classes_))
-        e_test.append(_ovr_auc(fte[:, j], clf.predict_proba(zte), clf.classes_))
+    todo = sorted(range(k), key=lambda j: -_num_classes(ftr[:, j]))
+    work = len(ztr) * sum(_num_classes(ftr[:, j]) for j in todo)
+    done = dict(zip(todo, _parallel_map(_explicitness, [(ztr, ftr[:, j], zte, fte[:, j], seed) for j in todo],
+                                        n_jobs, work=work)))
+    e_train = [done[j][0] for j in range(k)]
+    e_test = [done[j][1] for j in range(k)]
     return {"modularity": float(np.mean(score)),
             "explicitness_train": float(np.nanmean(e_train)),
             "explicitness_test": float(np.nanmean(e_test))}
@@ -673,13 +786,77 @@ def _encode(encode: Callable, data, factors: np.ndarray, fn: str) -> np.ndarray:
     return z
 
 
+#: encode -> {"data": id of the data set, "codes": [grid size, D] array, "have": bool mask}:
+#: the codes of grid points already encoded, shared by the intervention-based scores.
+_CODE_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_CODE_CACHE_BYTES = 2 ** 30  # no persistent cache for grids whose codes would exceed 1 GiB
+
+
+def clear_code_cache() -> None:
+    """Forget the cached codes of grid points (see :func:`beta_vae_score`, ``cache``)."""
+    _CODE_CACHE.clear()
+
+
+def _grid_codes(encode: Callable, data, factors: np.ndarray, fn: str, max_encode_batch: int,
+                cache: bool) -> np.ndarray:
+    """Codes of factor rows [n, K], each distinct grid point rendered and encoded once.
+
+    The intervention-based scores draw millions of factor rows from a grid of (for
+    dSprites) 737,280 points, most of them repeatedly; ``observations_from_factors`` and
+    ``encode`` are functions of the row, so each distinct row is rendered and encoded once,
+    in batches of up to ``max_encode_batch``, and looked up. With ``cache`` the codes are
+    also kept for later calls with the same ``encode`` object and data set (BetaVAE and
+    FactorVAE scores share them); :func:`clear_code_cache` forgets them.
+    """
+    sizes = tuple(int(s) for s in data.factor_sizes)
+    idx = np.ravel_multi_index(tuple(np.asarray(factors).T), sizes)
+    uniq, inv = np.unique(idx, return_inverse=True)
+    grid = int(np.prod(sizes, dtype=np.int64))
+    entry = None
+    if cache:
+        try:
+            entry = _CODE_CACHE.get(encode)
+        except TypeError:  # not weak-referenceable: no persistent cache
+            cache = False
+    if entry is not None and entry["data"] != (id(data), sizes):
+        entry = None
+    if entry is not None:
+        need = uniq[~entry["have"][uniq]]
+    else:
+        need = uniq
+    new = []
+    for s in range(0, len(need), max(1, max_encode_batch)):
+        rows = need[s:s + max_encode_batch]
+        new.append(_encode(encode, data, np.stack(np.unravel_index(rows, sizes), axis=1).astype(np.int64), fn))
+    if entry is None:
+        d = new[0].shape[1] if new else 0
+        if cache and grid * max(d, 1) * 8 <= _CODE_CACHE_BYTES and d:
+            entry = {"data": (id(data), sizes), "codes": np.zeros((grid, d)), "have": np.zeros(grid, dtype=bool)}
+            try:
+                _CODE_CACHE[encode] = entry
+            except TypeError:
+                entry = None
+        if entry is None:  # per-call de-duplication only
+            z = np.concatenate(new) if new else np.zeros((0, 0))
+            return z[inv]
+    if new:
+        z_new = np.concatenate(new)
+        if z_new.shape[1] != entry["codes"].shape[1]:
+            raise ValueError(f"{fn}: encode returned {z_new.shape[1]} code dimensions, earlier calls "
+                             f"{entry['codes'].shape[1]}; call metrics.clear_code_cache() after "
+                             f"changing the model behind encode")
+        entry["codes"][need] = z_new
+        entry["have"][need] = True
+    return entry["codes"][idx]
+
+
 def _chunks(num_points: int, per_point: int, max_encode_batch: int):
     step = max(1, max_encode_batch // max(per_point, 1))
     for s in range(0, num_points, step):
         yield min(step, num_points - s)
 
 
-def _beta_vae_features(data, encode, rng, batch_size, num_points, max_encode_batch):
+def _beta_vae_features(data, encode, rng, batch_size, num_points, max_encode_batch, cache=True):
     k = data.num_factors
     feats, labels = [], []
     for p in _chunks(num_points, 2 * batch_size, max_encode_batch):
@@ -689,7 +866,8 @@ def _beta_vae_features(data, encode, rng, batch_size, num_points, max_encode_bat
         rows = np.arange(p)[:, None]
         cols = np.arange(batch_size)[None, :]
         f2[rows, cols, idx[:, None]] = f1[rows, cols, idx[:, None]]
-        z = _encode(encode, data, np.concatenate([f1, f2]).reshape(-1, k), "beta_vae_score")
+        z = _grid_codes(encode, data, np.concatenate([f1, f2]).reshape(-1, k), "beta_vae_score",
+                        max_encode_batch, cache)
         z = z.reshape(2, p, batch_size, -1)
         feats.append(np.mean(np.abs(z[0] - z[1]), axis=1))
         labels.append(idx)
@@ -697,7 +875,8 @@ def _beta_vae_features(data, encode, rng, batch_size, num_points, max_encode_bat
 
 
 def beta_vae_score(data, encode: Callable, rng, batch_size: int = 64, num_train: int = 10000,
-                   num_eval: int = 5000, max_encode_batch: int = 8192) -> dict[str, float]:
+                   num_eval: int = 5000, max_encode_batch: int = 8192,
+                   cache: bool = True) -> dict[str, float]:
     """BetaVAE disentanglement score (Higgins et al. 2017; Tschannen et al. 2018, sec. 3.1).
 
     Each training point: draw a factor index k uniformly, two batches of ``batch_size``
@@ -715,6 +894,14 @@ def beta_vae_score(data, encode: Callable, rng, batch_size: int = 64, num_train:
     multiple of 2 * batch_size); the random stream therefore differs from
     disentanglement_lib's per-point loop.
 
+    Speed: each distinct grid point among the 1.92 million sampled factor rows (default
+    settings) is rendered and encoded once (``observations_from_factors`` and ``encode``
+    are functions of the row; dSprites' grid has 737,280 points), and with ``cache`` its
+    code is kept for later calls with the same ``encode`` object and data set, so
+    :func:`factor_vae_score` after this function encodes nothing new. ``encode`` must be a
+    fixed function of each observation (a model's encoder mean); after changing the model
+    behind it call :func:`clear_code_cache` or pass ``cache=False``.
+
     Returns ``{"train_accuracy", "eval_accuracy"}``.
     """
     from sklearn.linear_model import LogisticRegression
@@ -722,8 +909,8 @@ def beta_vae_score(data, encode: Callable, rng, batch_size: int = 64, num_train:
     if batch_size < 1 or num_train < 2 or num_eval < 1:
         raise ValueError("beta_vae_score: need batch_size >= 1, num_train >= 2, num_eval >= 1")
     g, seed = _seed_from(rng)
-    x_tr, y_tr = _beta_vae_features(data, encode, g, batch_size, num_train, max_encode_batch)
-    x_ev, y_ev = _beta_vae_features(data, encode, g, batch_size, num_eval, max_encode_batch)
+    x_tr, y_tr = _beta_vae_features(data, encode, g, batch_size, num_train, max_encode_batch, cache)
+    x_ev, y_ev = _beta_vae_features(data, encode, g, batch_size, num_eval, max_encode_batch, cache)
     if np.unique(y_tr).size < 2:
         raise ValueError("beta_vae_score: the training set holds a single factor label; raise num_train")
     clf = LogisticRegression(random_state=seed)
@@ -735,7 +922,7 @@ def beta_vae_score(data, encode: Callable, rng, batch_size: int = 64, num_train:
 
 
 def _factor_vae_votes(data, encode, rng, batch_size, num_points, global_var, active,
-                      max_encode_batch):
+                      max_encode_batch, cache=True):
     k = data.num_factors
     d = global_var.shape[0]
     active_idx = np.flatnonzero(active)
@@ -746,7 +933,8 @@ def _factor_vae_votes(data, encode, rng, batch_size, num_points, global_var, act
         rows = np.arange(p)[:, None]
         cols = np.arange(batch_size)[None, :]
         f[rows, cols, idx[:, None]] = f[np.arange(p), 0, idx][:, None]
-        z = _encode(encode, data, f.reshape(-1, k), "factor_vae_score").reshape(p, batch_size, -1)
+        z = _grid_codes(encode, data, f.reshape(-1, k), "factor_vae_score", max_encode_batch,
+                        cache).reshape(p, batch_size, -1)
         local = np.var(z[:, :, active_idx], axis=1, ddof=1)
         argmin = active_idx[np.argmin(local / global_var[active_idx], axis=1)]
         votes += np.bincount(idx * d + argmin, minlength=k * d).reshape(k, d)
@@ -756,7 +944,7 @@ def _factor_vae_votes(data, encode, rng, batch_size, num_points, global_var, act
 def factor_vae_score(data, encode: Callable, rng, batch_size: int = 64, num_train: int = 10000,
                      num_eval: int = 5000, num_variance_estimate: int = 10000,
                      prune_threshold: float = 0.05,
-                     max_encode_batch: int = 8192) -> dict[str, float]:
+                     max_encode_batch: int = 8192, cache: bool = True) -> dict[str, float]:
     """FactorVAE disentanglement score (Kim & Mnih 2018; Tschannen et al. 2018, sec. 3.1).
 
     Global variances of each code dimension are estimated on ``num_variance_estimate``
@@ -783,18 +971,18 @@ def factor_vae_score(data, encode: Callable, rng, batch_size: int = 64, num_trai
         raise ValueError("factor_vae_score: need batch_size >= 2 and num_variance_estimate >= 2 "
                          "(variances use ddof=1), num_train >= 1, num_eval >= 1")
     g, _ = _seed_from(rng)
-    zs = [_encode(encode, data, data.sample_factors(n, g), "factor_vae_score")
+    zs = [_grid_codes(encode, data, data.sample_factors(n, g), "factor_vae_score", max_encode_batch, cache)
           for n in _chunks(num_variance_estimate, 1, max_encode_batch)]
     global_var = np.var(np.concatenate(zs), axis=0, ddof=1)
     active = np.sqrt(global_var) >= prune_threshold
     if not active.any():
         return {"train_accuracy": 0.0, "eval_accuracy": 0.0, "num_active_dims": 0.0}
     train_votes = _factor_vae_votes(data, encode, g, batch_size, num_train, global_var, active,
-                                    max_encode_batch)
+                                    max_encode_batch, cache)
     classifier = np.argmax(train_votes, axis=0)  # majority factor for each code dimension
     cols = np.arange(train_votes.shape[1])
     eval_votes = _factor_vae_votes(data, encode, g, batch_size, num_eval, global_var, active,
-                                   max_encode_batch)
+                                   max_encode_batch, cache)
     return {"train_accuracy": float(train_votes[classifier, cols].sum() / train_votes.sum()),
             "eval_accuracy": float(eval_votes[classifier, cols].sum() / eval_votes.sum()),
             "num_active_dims": float(active.sum())}
@@ -872,7 +1060,8 @@ def _predictor(model: str, seed: int):
 @_single_thread_blas
 def usefulness(codes_train, factors_train, codes_test, factors_test,
                sizes: Sequence[int] = (10, 100, 1000, 10000),
-               models: Sequence[str] = ("logistic", "gbt"), seed: int = 0) -> dict[str, float]:
+               models: Sequence[str] = ("logistic", "gbt"), seed: int = 0,
+               n_jobs: int = -1) -> dict[str, float]:
     """Downstream usefulness: accuracy of predicting each factor from few labelled codes
     (disentanglement_lib ``downstream_task``; Locatello et al. 2019, sec. 4; Tschannen et
     al. 2018, sec. 3.1 on usefulness for downstream tasks).
@@ -887,6 +1076,12 @@ def usefulness(codes_train, factors_train, codes_test, factors_test,
 
     Settings (disentanglement_lib): sizes (10, 100, 1000, 10000), ``num_test=5000`` points
     sampled by the caller, both predictors. ``seed`` is passed as ``random_state``.
+
+    The models see the code columns in :func:`dci`'s canonical (content-sorted) order, so
+    permuting the code dimensions leaves the scores unchanged, and the fits at the largest
+    size are exactly :func:`dci`'s when both get the same codes: they are taken from the
+    in-process fit cache instead of refit. The remaining fits run in parallel processes
+    (``n_jobs``, joblib; identical values for any ``n_jobs``).
 
     Returns flat keys ``"{model}_{n}"`` (mean test accuracy over factors),
     ``"{model}_{n}_train"`` (mean train accuracy) and ``"{model}_{n}_min"`` (worst factor's
@@ -903,23 +1098,38 @@ def usefulness(codes_train, factors_train, codes_test, factors_test,
     if not use:
         raise ValueError(f"usefulness: every size in {tuple(sizes)} exceeds the {ctr.shape[0]} "
                          f"training rows; pass more training codes or smaller sizes")
-    out: dict[str, float] = {}
+    # DCI's canonical column order (content-sorted): scores invariant to permuting the codes,
+    # and the size-len(ctr) tree fits are exactly DCI's (shared through _FIT_CACHE)
+    order = np.lexsort(ctr[::-1])
+    ctr, cte = np.ascontiguousarray(ctr[:, order]), np.ascontiguousarray(cte[:, order])
+    res: dict[tuple, tuple] = {}
+    keys, todo = {}, []
     for m in models:
         for n in use:
-            tr_acc, te_acc = [], []
             for j in range(ftr.shape[1]):
                 x, y = ctr[:n], ftr[:n, j]
                 if np.unique(y).size < 2:
-                    tr_acc.append(1.0)
-                    te_acc.append(float(np.mean(fte[:, j] == y[0])))
+                    res[m, n, j] = (1.0, float(np.mean(fte[:, j] == y[0])))
                     continue
-                clf = _predictor(m, seed)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", category=_convergence_warning())
-                    warnings.simplefilter("ignore", category=UserWarning)
-                    clf.fit(x, y)
-                tr_acc.append(float(np.mean(clf.predict(x) == y)))
-                te_acc.append(float(np.mean(clf.predict(cte) == fte[:, j])))
+                keys[m, n, j] = key = _cache_key(m, seed, x, y)
+                clf = _FIT_CACHE.get(key)
+                if clf is not None:
+                    with _blas_one_thread():
+                        res[m, n, j] = (float(np.mean(clf.predict(x) == y)),
+                                        float(np.mean(clf.predict(cte) == fte[:, j])))
+                else:
+                    todo.append((m, n, j))
+    todo.sort(key=lambda t: -t[1] * _num_classes(ftr[:t[1], t[2]]))
+    done = _parallel_map(_fit_and_score, [(m, seed, ctr[:n], ftr[:n, j], cte, fte[:, j]) for m, n, j in todo],
+                         n_jobs, work=sum(n * _num_classes(ftr[:n, j]) for _, n, j in todo))
+    for t, (clf, a_tr, a_te) in zip(todo, done):
+        res[t] = (a_tr, a_te)
+        _cache_put(keys[t], clf)
+    out: dict[str, float] = {}
+    for m in models:
+        for n in use:
+            tr_acc = [res[m, n, j][0] for j in range(ftr.shape[1])]
+            te_acc = [res[m, n, j][1] for j in range(ftr.shape[1])]
             out[f"{m}_{n}"] = float(np.mean(te_acc))
             out[f"{m}_{n}_train"] = float(np.mean(tr_acc))
             out[f"{m}_{n}_min"] = float(np.min(te_acc))
