@@ -222,8 +222,15 @@ def main(argv=None) -> int:
 
     sets = probe_sets(WithAttribute(data, SENSITIVE), args.seed, args.probe_train, args.probe_test)
     t0, c0 = time.time(), time.process_time()
-    rows = [train_one(label, name, settings, w, data, sets, args, out) for label, name, settings, w in runs_to_do(args)]
-    total, cpu = time.time() - t0, time.process_time() - c0
+    rows = []
+    for label, name, settings, w in runs_to_do(args):
+        rows.append(train_one(label, name, settings, w, data, sets, args, out))
+        write_results(rows, args, out, time.time() - t0, time.process_time() - c0)  # a stopped run keeps its rows
+    print(f"wrote {out / 'results.md'} ({time.time() - t0:.0f} s)")
+    return 0
+
+
+def write_results(rows, args, out: Path, total: float, cpu: float) -> None:
     chance = rows[0]["chance"]
     (out / "results.json").write_text(json.dumps({"settings": {k: v for k, v in vars(args).items()},
                                                   "total_s": round(total, 1),
@@ -236,8 +243,6 @@ def main(argv=None) -> int:
         "r2_other = mean R^2 of scale, pos_x, pos_y. Test ELBO: log p(x) for vae, log p(x | s) for the rest.\n\n"
         + table(rows))
     plot(rows, out / "tradeoff.png", chance)
-    print(f"wrote {out / 'results.md'} ({total:.0f} s)")
-    return 0
 
 
 if __name__ == "__main__":

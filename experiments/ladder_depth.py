@@ -7,7 +7,10 @@ about 0: the posterior equals the prior there), while the Ladder VAE, with top-d
 and precision-weighted merges, keeps every layer active (their Fig. 4 and 5, Table 2).
 
 Both recipes (``ladder_vae``, ``hierarchical_vae``) are trained with the same generative
-model, sizes, KL warm-up and steps; on held-out images each layer's analytic
+model, sizes and steps, in two variants (``--variants``): ``sonderby`` -- their paper's
+ingredients, batch normalization in every deterministic layer and a linear KL warm-up over
+``--warmup`` steps (their sec. 2.3) -- and ``plain`` -- neither (beta = 1 from the first
+step, no batch normalization). On held-out images each layer's analytic
 ``E_x KL(q(z_i | .) || p(z_i | z_{i+1}))`` (nats) and its number of active units
 (Burda et al. 2016: ``Cov_x E_q[z_u] > 0.01``, the inner mean over 100 draws of the other layers) are reported with the held-out ELBO.
 
@@ -39,16 +42,17 @@ from metaprior.runs import method_record
 ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT.parent / "shared" / "data" / "mnist-t10k" / "t10k-images-idx3-ubyte.gz"
 METHODS_COMPARED = ("ladder_vae", "hierarchical_vae")
+VARIANTS = {"sonderby": {"batch_norm": True, "warmup": True}, "plain": {"batch_norm": False, "warmup": False}}
 
 
-def load_data(name: str):
+def load_data(name: str, mnist: Path = MNIST):
     if name == "digits":
         opts = {"binarize": True}
         return load("digits", **opts), {"name": "digits", "options": opts}
     if name == "mnist":
-        if not MNIST.exists():
-            raise SystemExit(f"--data mnist needs {MNIST}, which is absent")
-        opts = {"path": str(MNIST), "binarize": True}
+        if not Path(mnist).exists():
+            raise SystemExit(f"--data mnist needs {mnist}, which is absent (point --mnist at the IDX images file)")
+        opts = {"path": str(mnist), "binarize": True}
         return load("mnist", **opts), {"name": "mnist", "options": opts}
     raise SystemExit(f"unknown data {name!r}; choose digits or mnist")
 
@@ -84,7 +88,8 @@ def plot(rows, dims, path: Path) -> None:
     L = len(dims)
     width = 0.8 / len(rows)
     for j, r in enumerate(rows):
-        ax.bar(np.arange(1, L + 1) + (j - (len(rows) - 1) / 2) * width, r["kl_per_layer"], width, label=r["method"])
+        ax.bar(np.arange(1, L + 1) + (j - (len(rows) - 1) / 2) * width, r["kl_per_layer"], width,
+               label=f"{r['method']} ({r.get('variant', '')})")
     ax.set_xticks(range(1, L + 1), [f"z{i} ({d})" for i, d in zip(range(1, L + 1), dims)])
     ax.set_ylabel("KL (nats per example)")
     ax.set_title("KL per stochastic layer (held out)", fontsize=10)
@@ -105,6 +110,9 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--eval-examples", type=int, default=1000)
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                   help="sonderby: batch norm + KL warm-up; plain: neither")
+    p.add_argument("--mnist", default=str(MNIST), help="MNIST-style IDX images file for --data mnist")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
@@ -117,37 +125,48 @@ def main(argv=None) -> int:
         p.error("--latent-dims needs at least two layers")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    data, spec = load_data(args.data)
+    data, spec = load_data(args.data, Path(args.mnist))
     x = torch.as_tensor(data.test_observations(args.eval_examples, args.seed))
     rows = []
-    for name in METHODS_COMPARED:
-        method = configure(METHODS[name], {"latent_dims": tuple(args.latent_dims), "layers": len(args.latent_dims),
-                                           "hidden": tuple(args.hidden), "beta_schedule": f"linear:{args.warmup}",
-                                           "likelihood": "bernoulli"})
-        pyro.set_rng_seed(args.seed)
-        pair, objective = method.build(data)
-        cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
-                          log_every=max(1, args.steps // 20), checkpoint_every=args.steps, progress=False)
-        t0 = time.time()
-        Trainer(pair, objective, data, cfg, out=out / name, record={**method_record(name, method), "data": spec}).fit()
-        pair.cpu().eval()
-        row = {"method": name, **layer_stats(pair, objective, x, args.seed), "train_s": round(time.time() - t0, 1)}
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+    for variant in args.variants:
+        v = VARIANTS[variant]
+        for name in METHODS_COMPARED:
+            method = configure(METHODS[name], {
+                "latent_dims": tuple(args.latent_dims), "layers": len(args.latent_dims), "hidden": tuple(args.hidden),
+                "beta_schedule": f"linear:{args.warmup}" if v["warmup"] else "constant", "batch_norm": v["batch_norm"],
+                "likelihood": "bernoulli"})
+            pyro.set_rng_seed(args.seed)
+            pair, objective = method.build(data)
+            cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                              device=args.device, log_every=max(1, args.steps // 20), checkpoint_every=args.steps,
+                              progress=False)
+            t0 = time.time()
+            run_dir = out / f"{name}_{variant}"
+            Trainer(pair, objective, data, cfg, out=run_dir, record={**method_record(name, method), "data": spec}).fit()
+            pair.cpu().eval()
+            row = {"method": name, "variant": variant, **v, **layer_stats(pair, objective, x, args.seed),
+                   "train_s": round(time.time() - t0, 1)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            write_results(rows, args, out, len(x))  # after every model: a stopped run keeps what it finished
+    return 0
+
+
+def write_results(rows, args, out: Path, n_test: int) -> None:
     (out / "results.json").write_text(json.dumps({"settings": vars(args), "rows": rows}, indent=2) + "\n")
     L = len(args.latent_dims)
     head = " | ".join(f"KL z{i} ({d})" for i, d in zip(range(1, L + 1), args.latent_dims))
-    lines = [f"# KL per stochastic layer on held-out {args.data} ({len(x)} images, binarized)", "",
-             f"{args.steps} steps, batch {args.batch_size}, warm-up {args.warmup} steps, hidden {tuple(args.hidden)}, "
-             f"seed {args.seed}; KL in nats per example; active units (Cov_x E_q[z_u] > 0.01) in brackets.", "",
-             f"| method | {head} | rate | distortion | ELBO |", "|---|" + "---:|" * (L + 3)]
+    lines = [f"# KL per stochastic layer on held-out {args.data} ({n_test} images, binarized)", "",
+             f"{args.steps} steps, batch {args.batch_size}, hidden {tuple(args.hidden)}, seed {args.seed}; "
+             f"sonderby = batch norm + KL warm-up over {args.warmup} steps, plain = neither; "
+             "KL in nats per example; active units (Cov_x E_q[z_u] > 0.01) in brackets.", "",
+             f"| method | variant | {head} | rate | distortion | ELBO |", "|---|---|" + "---:|" * (L + 3)]
     for r in rows:
         cells = " | ".join(f"{k:.2f} [{a}]" for k, a in zip(r["kl_per_layer"], r["active_units"]))
-        lines.append(f"| {r['method']} | {cells} | {r['rate']:.2f} | {r['distortion']:.2f} | {r['elbo']:.2f} |")
+        lines.append(f"| {r['method']} | {r['variant']} | {cells} | {r['rate']:.2f} | {r['distortion']:.2f} | "
+                     f"{r['elbo']:.2f} |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     plot(rows, args.latent_dims, out / "kl_per_layer.png")
-    print("\n".join(lines))
-    return 0
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 The survey's "semi-supervised learning" meta-prior (Tschannen et al. 2018, sec. 5.2): a few
 labels per class, the rest of the training split unlabelled. M2 (the ``m2`` recipe: y
 summed out exactly by ``TraceEnum_ELBO`` for unlabelled images, observed for labelled ones,
-plus ``alpha`` times the classification loss) is compared with the same classifier network
+plus the classification loss weighted as Kingma et al.'s eq. 9, alpha = 0.1 N by default) is compared with the same classifier network
 q(y|x) trained on the labelled images alone (cross-entropy, Adam, weight decay). Both report
 accuracy of argmax q(y|x) on the held-out split, which no label of it ever reaches.
 
@@ -24,6 +24,7 @@ M2 against 77.1 % for the classifier.
     python experiments/semi_supervised.py --tiny --out runs/ssl_tiny       # CI: digits, a few steps
     python experiments/semi_supervised.py --out runs/ssl                    # full CPU setting (M2 and M1+M2)
     python experiments/semi_supervised.py --methods m1m2 --out runs/ssl     # the M1+M2 rows alone
+    python experiments/semi_supervised.py --out runs/ssl --collect runs/a runs/b   # one table from several runs
 
 Writes one run directory per model (``m2_<data>_seed<s>``, ``m1m2_<data>_seed<s>`` with M1
 in its ``m1/``; ``metaprior evaluate`` reads them), ``results.json``, ``results.md`` (mean
@@ -68,16 +69,16 @@ ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT.parent / "shared" / "data" / "mnist-t10k" / "t10k-images-idx3-ubyte.gz"
 
 
-def datasets(names) -> dict:
+def datasets(names, mnist: Path = MNIST) -> dict:
     out = {}
     for name in names:
         if name == "digits":
             out[name] = (load("digits"), {"name": "digits", "options": {}})
         elif name == "mnist":
-            if not MNIST.exists():
-                print(f"skipping mnist: {MNIST} is absent", file=sys.stderr)
+            if not Path(mnist).exists():
+                print(f"skipping mnist: {mnist} is absent", file=sys.stderr)
                 continue
-            opts = {"path": str(MNIST), "binarize": True}
+            opts = {"path": str(mnist), "binarize": True}
             out[name] = (load("mnist", **opts), {"name": "mnist", "options": opts})
         else:
             raise SystemExit(f"unknown data set {name!r}; choose digits or mnist")
@@ -103,7 +104,8 @@ def supervised_baseline(ssl: SemiSupervised, hidden, net: str, steps: int, lr: f
 
 def run_m2(name, data, spec, seed, args, out: Path) -> tuple[float, SemiSupervised, float]:
     settings = {"labels_per_class": args.labels_per_class, "label_seed": seed, "hidden": tuple(args.hidden),
-                "latent_dim": args.latent_dim, "alpha": args.alpha, "labelled_fraction": args.labelled_fraction,
+                "latent_dim": args.latent_dim, "alpha": args.alpha, "weighting": args.weighting,
+                "labelled_fraction": args.labelled_fraction,
                 "net": args.net}
     method = configure(METHODS["m2"], settings)
     ssl = method.semi_supervised(data)
@@ -123,7 +125,8 @@ def run_m1m2(name, data, spec, seed, args, out: Path) -> tuple[float, float, flo
     """The stacked M1+M2 through the ``m1m2`` recipe's own two-stage engine; also the M2 classifier's
     architecture trained on the labelled M1 codes alone (does the gain come from M1's features or from M2?)."""
     settings = {"labels_per_class": args.labels_per_class, "label_seed": seed, "hidden": tuple(args.hidden),
-                "latent_dim": args.latent_dim, "alpha": args.alpha, "labelled_fraction": args.labelled_fraction,
+                "latent_dim": args.latent_dim, "alpha": args.alpha, "weighting": args.weighting,
+                "labelled_fraction": args.labelled_fraction,
                 "m1_latent_dim": args.m1_latent_dim, "m1_hidden": tuple(args.m1_hidden), "m1_net": args.net,
                 "m1_steps": args.m1_steps, "feature": args.m1_feature}
     method = configure(METHODS["m1m2"], settings)
@@ -179,7 +182,10 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--labelled-fraction", type=float, default=0.5)
-    p.add_argument("--alpha", type=float, default=10.0)
+    p.add_argument("--alpha", type=float, default=0.1,
+                   help="eq9: Kingma et al.'s alpha / N (0.1: their alpha = 0.1 N); batch: the weight of the batch mean")
+    p.add_argument("--weighting", default="eq9", choices=("eq9", "batch"), help="m2 recipe's weighting")
+    p.add_argument("--mnist", default=str(MNIST), help="MNIST-style IDX images file (labels beside it)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--hidden", type=int, nargs="+", default=[256])
     p.add_argument("--latent-dim", type=int, default=10)
@@ -193,7 +199,11 @@ def main(argv=None) -> int:
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    p.add_argument("--collect", nargs="+", metavar="DIR",
+                   help="train nothing: write one table into --out from these folders' results.json")
     args = p.parse_args(argv)
+    if args.collect:
+        return collect(args.collect, Path(args.out))
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.tiny:
@@ -205,7 +215,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for name, (data, spec) in datasets(args.datasets).items():
+    for name, (data, spec) in datasets(args.datasets, Path(args.mnist)).items():
         for seed in args.seeds:
             ssl = SemiSupervised(data, args.labels_per_class, args.labelled_fraction, seed)
             row = {"data": name, "seed": seed, "labels": int(len(ssl.labelled)), "unlabelled": int(len(ssl.unlabelled)),
@@ -220,11 +230,35 @@ def main(argv=None) -> int:
                                                              args.lr, args.weight_decay, seed)
             rows.append(row)
             print(json.dumps(row), flush=True)
-    (out / "results.json").write_text(json.dumps({"settings": vars(args), "rows": rows}, indent=2) + "\n")
+            write_results(rows, vars(args), out)  # after every row: a stopped run keeps what it finished
+    return 0
+
+
+def collect(folders, out: Path) -> int:
+    """One table from the ``results.json`` of several runs of this script with the same settings (except data/seeds)."""
+    rows, settings = [], None
+    for folder in folders:
+        path = Path(folder) / "results.json"
+        if not path.exists():
+            print(f"--collect: {path} is missing; left out", file=sys.stderr)
+            continue
+        res = json.loads(path.read_text())
+        settings = settings or res["settings"]
+        rows += res["rows"]
+    if not rows:
+        raise SystemExit(f"--collect: no results.json with rows in {', '.join(map(str, folders))}")
+    out.mkdir(parents=True, exist_ok=True)
+    write_results(rows, {**settings, "collected_from": [str(f) for f in folders]}, out)
+    return 0
+
+
+def write_results(rows, settings: dict, out: Path) -> None:
+    args = argparse.Namespace(**settings)
+    (out / "results.json").write_text(json.dumps({"settings": settings, "rows": rows}, indent=2) + "\n")
     columns = [(k, title) for k, title in COLUMNS if rows and k in rows[0]]
     lines = ["# M2 and M1+M2 vs. a classifier on the labelled points alone (held-out accuracy)", "",
              f"{args.labels_per_class} labels per class; M2: {args.steps} steps, batch {args.batch_size} "
-             f"({args.labelled_fraction:g} labelled), alpha {args.alpha:g}, MLP {tuple(args.hidden)}, z dim {args.latent_dim}; "
+             f"({args.labelled_fraction:g} labelled), weighting {args.weighting}, alpha {args.alpha:g}, MLP {tuple(args.hidden)}, z dim {args.latent_dim}; "
              f"M1+M2: M1 a VAE with z1 dim {args.m1_latent_dim}, MLP {tuple(args.m1_hidden)}, {args.m1_steps} steps, "
              f"then the same M2 on z1 ({args.m1_feature} of q(z1|x)); "
              f"classifiers: {args.baseline_steps} full-batch Adam steps, weight decay {args.weight_decay:g}.", "",
@@ -241,8 +275,6 @@ def main(argv=None) -> int:
                      + " | ".join(fmt(k) for k, _ in columns) + " |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     plot(rows, out / "accuracy.png")
-    print("\n".join(lines))
-    return 0
 
 
 if __name__ == "__main__":

@@ -33,7 +33,9 @@ def test_tiny_ladder_depth(tmp_path):
     out = tmp_path / "ladder"
     assert load_script("ladder_depth").main(["--tiny", "--out", str(out)]) == 0
     rows = json.loads((out / "results.json").read_text())["rows"]
-    assert [r["method"] for r in rows] == ["ladder_vae", "hierarchical_vae"]
+    assert [(r["method"], r["variant"], r["batch_norm"]) for r in rows] == [
+        ("ladder_vae", "sonderby", True), ("hierarchical_vae", "sonderby", True),
+        ("ladder_vae", "plain", False), ("hierarchical_vae", "plain", False)]
     for r in rows:
         assert len(r["kl_per_layer"]) == 3 and all(k >= 0 for k in r["kl_per_layer"])
         assert abs(sum(r["kl_per_layer"]) - r["rate"]) < 1e-3 * max(1.0, r["rate"])

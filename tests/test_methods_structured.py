@@ -175,7 +175,7 @@ def test_semi_supervised_batches(digits):
 
 
 def test_m2_trace_enum_loss_equals_the_explicit_sum_over_classes(digits):
-    pair, objective = build("m2", digits, alpha=2.0)
+    pair, objective = build("m2", digits, alpha=2.0, weighting="batch")
     ssl = SemiSupervised(digits, labels_per_class=2, labelled_fraction=0.5)
     x, y, m = (torch.as_tensor(a) for a in ssl.batch(0, 6, 0))
     pyro.set_rng_seed(3)

@@ -61,12 +61,23 @@ Orientation grid: the official file uses ``linspace(0, 2 pi, 40)`` (step 2 pi / 
 first and last values are the same angle, so for every shape two of its 40 orientations show
 the same image. We use ``2 pi k / 40`` (40 distinct angles, step 9 degrees) instead; the grid
 size, the factor indices and the index order are unchanged.
+
+Train / test split (by factor index). A fixed tenth of the 737,280 grid points (73,728
+indices, the first tenth of ``default_rng(0).permutation(737280)``; :data:`TEST_FRACTION`,
+:data:`SPLIT_SEED`) is the test split, the rest the training split, so no held-out image is
+ever a training image. ``batch`` draws training batches uniformly from the training indices
+and ``test_observations`` draws from the test indices; ``sample_factors(n, rng)`` still
+draws from the whole grid (what disentanglement_lib's metrics do), and
+``sample_factors(n, rng, split="train" | "test")`` from one split. ``train_indices`` /
+``test_indices`` list the two splits. ``num_examples`` stays the size of the grid (737,280,
+the data-set size N of disentanglement_lib and of the aggregate-posterior estimators; the
+index <-> factors bijection covers the whole grid).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from metaprior.data.base import GroundTruthData
+from metaprior.data.base import GroundTruthData, as_generator
 
 IMAGE_SIZE = 64
 SCALES = np.linspace(0.5, 1.0, 6)
@@ -77,6 +88,9 @@ HALF_SIZE_PX = 10.0              # R at scale 1: half the side of the largest sq
 CENTRE_RANGE_PX = (16.0, 47.0)   # sprite centre for pos = 0 and pos = 1 (one pixel per step)
 SUPERSAMPLE = 3                  # sub-pixel samples per axis
 WINDOW_PX = 32                   # rendering window around each sprite (holds the 2R*sqrt(2) diagonal)
+TEST_FRACTION = 0.1              # share of the grid held out (by factor index)
+SPLIT_SEED = 0                   # seed of the permutation that picks the held-out indices
+SPLITS = ("train", "test")
 
 # Heart: diamond |x| + |y| <= d with half-discs of radius d/sqrt(2) on its two upper edges
 # (y up, centred on the diamond); its width is (1 + sqrt 2) d, its centroid lies 2 d / (3 pi)
@@ -158,7 +172,8 @@ class DSprites(GroundTruthData):
 
     737,280 binary images ``[1, 64, 64]`` generated from (shape, scale, orientation, pos_x,
     pos_y); see the module docstring for the exact geometry and how it relates to the
-    official file. Images are rendered on demand, nothing is cached.
+    official file. Images are rendered on demand, nothing is cached. Training batches and
+    test observations come from disjoint sets of grid indices (module docstring).
     """
 
     name = "dsprites"
@@ -166,9 +181,50 @@ class DSprites(GroundTruthData):
     factor_sizes = (3, 6, 40, 32, 32)
     observation_shape = (1, IMAGE_SIZE, IMAGE_SIZE)
 
+    _split: tuple[np.ndarray, np.ndarray] | None = None
+
     @property
     def is_binary(self) -> bool:
         return True
+
+    def _indices(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._split is None:
+            n = int(np.prod(self.factor_sizes))
+            perm = np.random.default_rng(SPLIT_SEED).permutation(n)
+            n_test = int(round(TEST_FRACTION * n))
+            self._split = (np.sort(perm[n_test:]), np.sort(perm[:n_test]))
+        return self._split
+
+    @property
+    def train_indices(self) -> np.ndarray:
+        return self._indices()[0]
+
+    @property
+    def test_indices(self) -> np.ndarray:
+        return self._indices()[1]
+
+    def sample_factors(self, n: int, rng, split: str | None = None) -> np.ndarray:
+        """``n`` factor rows drawn uniformly from the whole grid (``split=None``) or from one split."""
+        if split is None:
+            return super().sample_factors(n, rng)
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; valid: train, test (or None for the whole grid)")
+        pool = self.train_indices if split == "train" else self.test_indices
+        if isinstance(rng, np.random.RandomState):
+            pick = rng.randint(len(pool), size=n)
+        else:
+            pick = as_generator(rng).integers(0, len(pool), size=n)
+        return self.index_to_factors(pool[pick])
+
+    def batch(self, step: int, batch_size: int, seed: int) -> np.ndarray:
+        """Uniform draws from the training split (a pure function of ``(seed, step)``)."""
+        rng = np.random.default_rng([seed, step])
+        return self.observations_from_factors(self.sample_factors(batch_size, rng, "train"))
+
+    def test_observations(self, n: int, seed: int) -> np.ndarray:
+        """``n`` draws from the test split (deterministic given ``seed``)."""
+        rng = np.random.default_rng([seed, 2**31 - 1, 7])
+        return self.observations_from_factors(self.sample_factors(n, rng, "test"))
 
     def factor_values(self, factors) -> np.ndarray:
         """Continuous values [n, 5]: shape code, scale, orientation (rad), pos_x, pos_y in [0, 1]."""

@@ -203,6 +203,9 @@ class VQVAE(StructuredRecipe):
 
 
 # ---------------------------------------------------------------------- M2
+M2_WEIGHTINGS = ("eq9", "batch")
+
+
 @register("m2")
 @dataclass(frozen=True)
 class M2(StructuredRecipe):
@@ -210,9 +213,16 @@ class M2(StructuredRecipe):
 
     Trains on a labelled data set keeping ``labels_per_class`` labels per class (chosen by
     ``label_seed``) and hiding the rest; each batch is ``labelled_fraction`` labelled
-    (:class:`~metaprior.data.semi_supervised.SemiSupervised`). The loss, per example of the
-    batch, is ``(sum_l -L(x, y) + sum_u -U(x)) / B + alpha * E_labelled[-log q(y|x)]``, with
-    ``U`` exact in y by parallel enumeration (``TraceEnum_ELBO``). Logged: ``rate``
+    (:class:`~metaprior.data.semi_supervised.SemiSupervised`). ``weighting="eq9"`` (default,
+    Kingma et al.'s eq. 9): the loss is their J^alpha per example of the training set,
+    ``[N_l E_l L(x, y) + N_u E_u U(x) + alpha_paper N_l E_l(-log q(y|x))] / N`` with the batch's
+    labelled and unlabelled means standing in for E_l, E_u (:class:`~metaprior.models.m2.M2`
+    scales their sites), N_l / N_u the labelled / unlabelled training-set sizes, and
+    ``alpha = alpha_paper / N`` (their alpha = 0.1 N: ``alpha=0.1``). ``weighting="batch"``:
+    ``(sum_l L(x, y) + sum_u U(x)) / B + alpha * E_l[-log q(y|x)]`` over the batch (each example
+    of the batch weighs the same, so the oversampled labelled examples weigh
+    ``labelled_fraction`` of the ELBO). ``U`` is exact in y by parallel enumeration
+    (``TraceEnum_ELBO``). Logged: ``rate``
     (Monte Carlo KL of z plus the exact KL(q(y|x) || p(y)) of unlabelled examples),
     ``distortion``, ``label_nll`` (``log K`` per labelled example), ``classification`` and
     ``train_accuracy`` on the batch's labelled examples. ``metaprior evaluate`` reports the
@@ -223,13 +233,17 @@ class M2(StructuredRecipe):
     hidden: tuple[int, ...] = (256,)
     labels_per_class: int = 10
     labelled_fraction: float = 0.5
-    alpha: float = 10.0
+    alpha: float = 0.1
+    weighting: str = "eq9"
     label_seed: int = 0
 
     def __post_init__(self):
         super().__post_init__()
         if self.labels_per_class < 1:
             raise ValueError(f"labels_per_class must be >= 1, got {self.labels_per_class}")
+        if self.weighting not in M2_WEIGHTINGS:
+            raise ValueError(f"unknown weighting {self.weighting!r}; valid: {', '.join(M2_WEIGHTINGS)} "
+                             "(eq9: Kingma et al. 2014 eq. 9 over the data set; batch: each batch example alike)")
         if not 0.0 <= self.labelled_fraction <= 1.0:
             raise ValueError(f"labelled_fraction must be in [0, 1], got {self.labelled_fraction}")
         check_weight("alpha", self.alpha)
@@ -241,15 +255,19 @@ class M2(StructuredRecipe):
 
     def build(self, data):
         ssl = self.semi_supervised(data)
-        return self._build_m2(ssl.num_classes, ssl.observation_shape, self.make_likelihood(ssl))
+        return self._build_m2(ssl.num_classes, ssl.observation_shape, self.make_likelihood(ssl),
+                              (len(ssl.labelled), len(ssl.unlabelled)))
 
-    def _build_m2(self, k: int, shape, likelihood):
+    def _build_m2(self, k: int, shape, likelihood, counts: tuple[int, int]):
         h = self.hidden[-1] if self.hidden else 64
         classifier, _ = build_encoder_decoder(self.net, shape, k, 1, self.hidden)
         features, decoder = build_encoder_decoder(self.net, shape, h, self.latent_dim + k, self.hidden)
         encoder = ConditionalGaussianEncoder(features, h, k, self.latent_dim)
-        pair = M2Model(classifier, encoder, decoder, k, likelihood)
-        terms = {"classification": (self.alpha, M2Classification(pair)),
+        eq9 = self.weighting == "eq9"
+        pair = M2Model(classifier, encoder, decoder, k, likelihood, counts=counts if eq9 else None)
+        # eq9: (alpha_paper / N) * sum_labelled CE, with the sum estimated by N_l * the batch's labelled mean
+        alpha = self.alpha * counts[0] if eq9 else self.alpha
+        terms = {"classification": (alpha, M2Classification(pair)),
                  "train_accuracy": (0.0, partial(_labelled_accuracy, pair=pair))}
         return pair, EnumELBO(terms=terms, label_sites=("y_l",))
 
@@ -378,9 +396,10 @@ class M1M2(M2):
 
     def build(self, data):
         # ``load_run`` hands over the raw data set: the M2 part only needs the code space's shape
-        k = data.num_classes if isinstance(data, M1Codes) else self.semi_supervised(data).num_classes
+        ssl = data if isinstance(data, M1Codes) else self.semi_supervised(data)
         shape = (self.m1_latent_dim,)
-        return self._build_m2(k, shape, make_likelihood(self.likelihood, shape, False, self.code_scale))
+        return self._build_m2(ssl.num_classes, shape, make_likelihood(self.likelihood, shape, False, self.code_scale),
+                              (len(ssl.labelled), len(ssl.unlabelled)))
 
     # -- two stages, one run directory --------------------------------------------------------
     def train_run(self, data, train_cfg, out, record, resume: bool = False):
@@ -530,7 +549,9 @@ class LadderVAE(GaussianVAE):
     (bottom first; Sonderby et al.'s MNIST model: 64,32,16,8,4). ``hidden[i]`` is the width of
     the deterministic block of layer i (the last repeats). KL warm-up: ``beta_schedule``
     ``linear:STEPS`` ramps the rate's weight from 0 to ``beta`` (their sec. 2.3; default
-    over 1000 steps). Logs ``kl_z1`` ... ``kl_zL``, the analytic KL of each layer.
+    over 1000 steps). ``batch_norm`` (default on, their sec. 2.3): batch normalization in every
+    deterministic layer (the hierarchical models only; ``pixel_vae``/``vladder`` ignore it).
+    Logs ``kl_z1`` ... ``kl_zL``, the analytic KL of each layer.
     """
 
     latent_dim: int = 8
@@ -538,6 +559,7 @@ class LadderVAE(GaussianVAE):
     latent_dims: tuple[int, ...] = ()
     hidden: tuple[int, ...] = (256, 128, 64)
     beta_schedule: str = "linear:1000"
+    batch_norm: bool = True
     inference = "ladder"
 
     def __post_init__(self):
@@ -557,7 +579,8 @@ class LadderVAE(GaussianVAE):
     def build_model(self, data) -> nn.Module:
         hidden = tuple(self.hidden) or (64,)
         stem, dec = build_encoder_decoder(self.net, data.observation_shape, hidden[0], self.dims[0], hidden[:1])
-        return HierarchicalModel(stem, hidden[0], dec, self.dims, hidden, self.make_likelihood(data), inference=self.inference)
+        return HierarchicalModel(stem, hidden[0], dec, self.dims, hidden, self.make_likelihood(data), inference=self.inference,
+                                 batch_norm=self.batch_norm)
 
     def terms(self, data) -> dict[str, tuple[Any, Any]]:
         return {f"kl_z{i}": (0.0, partial(rate, site=f"z{i}")) for i in range(1, len(self.dims) + 1)}

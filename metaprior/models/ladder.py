@@ -15,7 +15,10 @@ Inference:
 
 Sites ``"z1"`` ... ``"zL"`` (z1 nearest the data) and ``"x"``, in a ``data`` plate; the
 ELBO's rate is the sum over layers of the analytic KLs ``KL(q(z_i | .) || p(z_i | z_{i+1}))``
-at the sampled parents. For plots the code is the top layer: ``encode`` gives q(z_L | x)
+at the sampled parents. ``batch_norm=True`` puts batch normalization in every deterministic
+layer of the top-down, bottom-up and inference nets (Sonderby et al. 2016, sec. 2.3;
+:func:`~metaprior.guides.ladder.dense`); the KL warm-up is the recipe's ``beta_schedule``.
+Evaluate in ``eval()`` mode (running statistics). For plots the code is the top layer: ``encode`` gives q(z_L | x)
 and ``decode`` follows the prior means down from z_L.
 """
 from __future__ import annotations
@@ -27,7 +30,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from ..guides.ladder import BottomUp, GaussianHead, precision_weighted
+from ..guides.ladder import BottomUp, GaussianHead, dense, precision_weighted
 from .likelihoods import Likelihood
 
 INFERENCE = ("ladder", "bottom_up")
@@ -35,7 +38,7 @@ INFERENCE = ("ladder", "bottom_up")
 
 class HierarchicalVAE(nn.Module):
     def __init__(self, stem: nn.Module, stem_dim: int, decoder: nn.Module, latent_dims: Sequence[int],
-                 hidden: Sequence[int], likelihood: Likelihood, inference: str = "ladder"):
+                 hidden: Sequence[int], likelihood: Likelihood, inference: str = "ladder", batch_norm: bool = False):
         super().__init__()
         if inference not in INFERENCE:
             raise ValueError(f"unknown inference {inference!r}; valid: {', '.join(INFERENCE)}")
@@ -49,16 +52,18 @@ class HierarchicalVAE(nn.Module):
         self.decoder, self.likelihood = decoder, likelihood
         self.observation_shape = likelihood.observation_shape
         # top-down generative nets: z_{i+1} -> (mu_p,i, sigma_p,i), i = 1..L-1 (index i-1)
+        self.batch_norm = bool(batch_norm)
+        bn = self.batch_norm
         self.top_down = nn.ModuleList(
-            nn.Sequential(nn.Linear(dims[i + 1], hidden[i]), nn.ReLU(), GaussianHead(hidden[i], dims[i]))
+            nn.Sequential(dense(dims[i + 1], hidden[i], bn), GaussianHead(hidden[i], dims[i]))
             for i in range(len(dims) - 1))
         if inference == "ladder":
-            self.bottom_up = BottomUp(stem, stem_dim, hidden, dims)
+            self.bottom_up = BottomUp(stem, stem_dim, hidden, dims, bn)
         else:
             self.stem = stem
-            self.q_first = nn.Sequential(nn.Linear(int(stem_dim), hidden[0]), nn.ReLU(), GaussianHead(hidden[0], dims[0]))
+            self.q_first = nn.Sequential(dense(int(stem_dim), hidden[0], bn), GaussianHead(hidden[0], dims[0]))
             self.q_up = nn.ModuleList(
-                nn.Sequential(nn.Linear(dims[i - 1], hidden[i]), nn.ReLU(), GaussianHead(hidden[i], dims[i]))
+                nn.Sequential(dense(dims[i - 1], hidden[i], bn), GaussianHead(hidden[i], dims[i]))
                 for i in range(1, len(dims)))
 
     @staticmethod

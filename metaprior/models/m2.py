@@ -8,17 +8,35 @@ A batch ``(x, y, labelled)`` is split in two plates. Labelled examples (plate
 unlabelled ones (plate ``"unlabelled"``) sample y in the guide from q(y | x) at site
 ``"y_u"``, marked for parallel enumeration, so ``TraceEnum_ELBO`` sums it out exactly:
 
-    -U(x) = sum_y q(y | x) (-L(x, y)) - H(q(y | x))                           (their eq. 7)
+    -U(x) = sum_y q(y | x) (-L(x, y)) + H(q(y | x))                           (their eq. 7)
 
-Sites ``"z_l"``/``"z_u"`` are the continuous codes and ``"x_l"``/``"x_u"`` the observations.
-The auxiliary classification loss ``alpha * E_labelled[-log q(y | x)]`` (their eq. 9) is a
-term of the ``m2`` recipe's objective (:class:`M2Classification`).
+(``-L`` and ``-U`` are lower bounds on log p(x, y) and log p(x); the entropy of q(y|x) enters
+the bound with a plus sign.) Sites ``"z_l"``/``"z_u"`` are the continuous codes and
+``"x_l"``/``"x_u"`` the observations.
+
+Weighting (their eq. 9). Kingma et al. minimise, over the whole training set,
+
+    J^alpha = sum_{labelled} L(x, y) + sum_{unlabelled} U(x) + alpha sum_{labelled} -log q(y | x),   alpha = 0.1 N.
+
+With ``counts=(N_l, N_u)`` (N = N_l + N_u) a batch of B_l labelled and B_u unlabelled
+examples (B = B_l + B_u) scales its labelled sites by ``(N_l / N) (B / B_l)`` and its
+unlabelled sites by ``(N_u / N) (B / B_u)`` (``poutine.scale`` in model and guide alike), so
+that the ELBO divided by B, as the objective reports it, is the unbiased estimate of the
+data-set sum divided by N. A batch holding only one kind of example is left unscaled (it
+estimates that kind's per-example bound: the held-out ELBO of unlabelled test images). The
+classification sum is :class:`M2Classification` (a batch mean over the labelled examples)
+weighted by ``alpha N_l / N`` (eq. 9's alpha; the ``m2`` recipe's ``alpha`` setting is alpha / N). ``counts=None``: no scaling (each
+batch's examples weigh equally, the earlier per-batch form). The objective's logged
+``rate``/``distortion`` are unscaled batch means.
 """
 from __future__ import annotations
+
+import contextlib
 
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro import poutine
 from torch import nn
 from torch.nn import functional as F
 
@@ -31,10 +49,15 @@ class M2(nn.Module):
     """``model(x, y, labelled)`` / ``guide(x, y, labelled)``; ``y`` and ``labelled`` may be omitted (all unlabelled)."""
 
     def __init__(self, classifier: nn.Module, encoder: ConditionalGaussianEncoder, decoder: nn.Module,
-                 num_classes: int, likelihood: Likelihood):
+                 num_classes: int, likelihood: Likelihood, counts: tuple[int, int] | None = None):
         super().__init__()
         if int(num_classes) < 2:
             raise ValueError(f"M2 needs at least 2 classes, got {num_classes}")
+        if counts is not None:
+            counts = (int(counts[0]), int(counts[1]))
+            if min(counts) < 0 or sum(counts) < 1:
+                raise ValueError(f"counts must be (labelled, unlabelled) training-set sizes >= 0, got {counts}")
+        self.counts = counts
         self.classifier, self.encoder, self.decoder = classifier, encoder, decoder
         self.num_classes, self.latent_dim = int(num_classes), encoder.latent_dim
         self.likelihood = likelihood
@@ -55,6 +78,18 @@ class M2(nn.Module):
             y_l = x.new_zeros(0, self.num_classes)
         return x[labelled], y_l, x[~labelled]
 
+    def weights(self, n_l: int, n_u: int) -> tuple[float, float]:
+        """Scales of the labelled and unlabelled sites of a batch with ``n_l``/``n_u`` examples (eq. 9; see module doc)."""
+        if self.counts is None or n_l == 0 or n_u == 0:
+            return 1.0, 1.0
+        big_l, big_u = self.counts
+        big_n, b = big_l + big_u, n_l + n_u
+        return big_l / big_n * b / n_l, big_u / big_n * b / n_u
+
+    @staticmethod
+    def _scaled(w: float):
+        return poutine.scale(scale=w) if w != 1.0 else contextlib.nullcontext()
+
     def _likelihood(self, z: torch.Tensor, y: torch.Tensor) -> dist.Distribution:
         return self.likelihood(apply_flat(self.decoder, cat_last(z, y), 1))
 
@@ -67,25 +102,27 @@ class M2(nn.Module):
 
     def model(self, x: torch.Tensor, y: torch.Tensor | None = None, labelled: torch.Tensor | None = None) -> None:
         x_l, y_l, x_u = self._split(x, y, labelled)
+        w_l, w_u = self.weights(len(x_l), len(x_u))
         if len(x_l):
-            with pyro.plate("labelled", len(x_l)):
+            with pyro.plate("labelled", len(x_l)), self._scaled(w_l):
                 pyro.sample("y_l", self._prior_y(len(x_l), x), obs=y_l)
                 z = pyro.sample("z_l", self._prior_z(len(x_l), x))
                 pyro.sample("x_l", self._likelihood(z, y_l), obs=x_l)
         if len(x_u):
-            with pyro.plate("unlabelled", len(x_u)):
+            with pyro.plate("unlabelled", len(x_u)), self._scaled(w_u):
                 y_u = pyro.sample("y_u", self._prior_y(len(x_u), x))
                 z = pyro.sample("z_u", self._prior_z(len(x_u), x))
                 pyro.sample("x_u", self._likelihood(z, y_u), obs=x_u)
 
     def guide(self, x: torch.Tensor, y: torch.Tensor | None = None, labelled: torch.Tensor | None = None) -> None:
         x_l, y_l, x_u = self._split(x, y, labelled)
+        w_l, w_u = self.weights(len(x_l), len(x_u))
         if len(x_l):
-            with pyro.plate("labelled", len(x_l)):
+            with pyro.plate("labelled", len(x_l)), self._scaled(w_l):
                 loc, scale = self.encoder(x_l, y_l)
                 pyro.sample("z_l", dist.Normal(loc, scale, validate_args=False).to_event(1))
         if len(x_u):
-            with pyro.plate("unlabelled", len(x_u)):
+            with pyro.plate("unlabelled", len(x_u)), self._scaled(w_u):
                 q_y = dist.OneHotCategorical(logits=self.classifier(x_u), validate_args=False)
                 y_u = pyro.sample("y_u", q_y, infer={"enumerate": "parallel"})
                 loc, scale = self.encoder(x_u, y_u)
@@ -112,7 +149,9 @@ class M2(nn.Module):
 class M2Classification:
     """Kingma et al. (2014, eq. 9): ``E_labelled[-log q(y | x)]``, the mean over the batch's labelled examples.
 
-    Zero when the batch has none. Weighted by the recipe's ``alpha``.
+    Zero when the batch has none. The ``m2`` recipe weighs it by eq. 9's ``alpha N_l / N``
+    (alpha times the labelled sum, per example of the data set) or, with
+    ``weighting="batch"``, by its ``alpha`` setting.
     """
 
     def __init__(self, pair: M2):
