@@ -159,7 +159,11 @@ def test_m1m2_run_directory_accuracy_and_plots(m1m2_run, capsys):
     code, stdout, err = cli(capsys, "evaluate", str(out), "--metrics", "accuracy,elbo")
     assert code == 0, err
     ev = json.loads((out / "eval.json").read_text())
-    assert 0.0 <= ev["accuracy"]["value"] <= 1.0
+    run = load_run(out)  # argmax of M2's q(y | z1) at M1's posterior means of the test split, by hand
+    z1_test, y_test = run.method.codes(m1.pair, m1.data).test_set()
+    with torch.no_grad():
+        hand = float((run.pair.classifier(torch.as_tensor(z1_test)).argmax(-1).numpy() == y_test).mean())
+    assert ev["accuracy"]["value"] == pytest.approx(hand, abs=1e-12)
     assert ev["accuracy"]["settings"]["split"] == "test" and ev["accuracy"]["settings"]["num_examples"] == 180
     assert "M1" in ev["accuracy"]["settings"]["input"]
     assert ev["elbo"]["value"] == pytest.approx(-(ev["rate"]["value"] + ev["distortion"]["value"]), rel=1e-5)
@@ -247,7 +251,11 @@ def test_m1m2_stopped_during_stage_1_resumes_it(tmp_path, capsys, monkeypatch):
     code, stdout, err = cli(capsys, "train", "--resume", "--out", str(out), "--no-progress", "--no-plots")
     assert code == 0, err
     assert load_run(out / "m1").step == 6 and [r["step"] for r in rows(out / "metrics.jsonl")] == [2, 4]
-    assert 0.0 <= json.loads(stdout.strip().splitlines()[-1])["test_accuracy"] <= 1.0
+    run, m1 = load_run(out), load_run(out / "m1")  # the resumed run reports its final checkpoint's accuracy
+    z1_test, y_test = run.method.codes(m1.pair, m1.data).test_set()
+    with torch.no_grad():
+        hand = float((run.pair.classifier(torch.as_tensor(z1_test)).argmax(-1).numpy() == y_test).mean())
+    assert json.loads(stdout.strip().splitlines()[-1])["test_accuracy"] == pytest.approx(hand, abs=1e-4)
 
 
 @pytest.mark.parametrize("setting, message", [

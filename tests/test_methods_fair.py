@@ -201,7 +201,11 @@ def test_cli_trains_evaluates_and_plots(tmp_path, capsys, monkeypatch, data, pen
     assert 0.0 <= acc["value"] <= 1.0 and acc["settings"]["chance"] == pytest.approx(1 / k)
     assert acc["settings"]["attribute"] == sensitive
     assert ev["elbo"]["value"] == pytest.approx(-(ev["rate"]["value"] + ev["distortion"]["value"]), rel=1e-6)
-    assert ev["iwae_log_likelihood"]["value"] >= ev["elbo"]["value"] - 50  # L_K is the tighter bound (up to noise)
+    iw = ev["iwae_log_likelihood"]
+    assert iw["settings"]["num_samples"] == 4 and iw["settings"]["num_examples"] == 16
+    # L_K >= L_1 in expectation; the IWAE mean is over the first 16 test examples, the ELBO over all of them, so the
+    # gap is the bound's gain plus the 16-example sampling error (iw stderr): 4 stderr covers it
+    assert iw["value"] >= ev["elbo"]["value"] - 4 * iw["settings"]["stderr"]
     if data == "dsprites":
         assert {f"probe_r2.{f}" for f in ("scale", "orientation", "pos_x", "pos_y")} <= set(ev)
         assert ev["other_factors_r2"]["value"] <= 1.0

@@ -183,9 +183,26 @@ class WAE(_Autoencoder):
     ``divergence="mmd"`` (WAE-MMD): unbiased MMD^2 with the sum of IMQ kernels
     ``C in {0.1, 0.2, 0.5, 1, 2, 5, 10} x 2 d`` of their experiments (term ``mmd``);
     ``"gan"`` (WAE-GAN): a prior critic with the non-saturating loss (term ``adversarial``).
-    The cost ``c(x, G(z))`` is the likelihood's ``-log p(x | z)`` (squared error for
-    ``likelihood=gaussian``, as Tolstikhin et al.). Defaults: lambda2 = 10 (their MNIST
-    WAE-MMD setting; they use lambda2 = 1 for WAE-GAN), deterministic encoder.
+
+    The cost ``c(x, G(z))`` is the likelihood's ``-log p(x | z)``, in nats per example, not
+    the paper's bare squared error. With ``likelihood=gaussian`` at ``obs_scale`` sigma it is
+    ``||x - G(z)||^2 / (2 sigma^2) + (P/2) log(2 pi sigma^2)`` (P pixels; the constant has no
+    gradient), so our loss is ``(1 / (2 sigma^2)) * (||x - G(z)||^2 + lambda_paper D_Z)`` with
+
+        lambda_paper = 2 sigma^2 * lambda2.
+
+    At the default sigma = 0.1 the cost is ``50 ||x - G(z)||^2`` and ``lambda2 = 10`` is
+    Tolstikhin et al.'s lambda = 0.2; their MNIST WAE-MMD setting lambda = 10 is
+    ``lambda2 = 500`` at sigma = 0.1, or ``lambda2 = 10`` with ``obs_scale=0.7071``
+    (sigma^2 = 1/2, where the cost is exactly ``||x - G(z)||^2`` plus a constant). With the
+    Bernoulli likelihood (``auto`` on binary data) the cost is the cross-entropy and lambda2
+    is its weight as it stands. Defaults: lambda2 = 10, deterministic encoder; they use
+    lambda = 1 for WAE-GAN.
+
+    Deviations from the paper: the cost is a log-likelihood (above); the MMD is the unbiased
+    U-statistic of :func:`~metaprior.inference.estimators.mmd` with as many prior draws as
+    codes, summed over the seven IMQ scales (their experiments), not one C; the encoder is
+    deterministic by default (theirs too; ``deterministic=false`` gives a Gaussian one).
     """
 
     lambda2: float = 10.0

@@ -406,8 +406,14 @@ class InformationDropout(GaussianVAE):
     decoder reads ``exp(log z)``, so the rate ``R = KL(q(log z|x) || N(0, I))`` is the KL of
     the log-normals. Achille & Soatto's disentangling penalty
     ``KL(q(z|x) || prod_d q(z_d)) = I(x; z) + TC(z)`` is bounded by ``R + TC`` (I <= R); TC
-    (invariant under the per-dimension log) is the mss estimate, logged as ``tc``, with
-    weight ``beta`` (default 1).
+    (invariant under the per-dimension log) is the mss estimate, logged as ``tc``.
+
+    The weights are tied: ``loss = D + beta R + beta TC``, i.e. in the survey's eq. 5 form
+    lambda1 (on E_x KL(q(z|x) || p(z))) = lambda2 (on TC) = beta (default 1), because both
+    come from the one penalty ``beta KL(q(z|x) || prod_d q(z_d))`` that Achille & Soatto
+    weigh by a single beta; there is no separate TC weight. Deviations: the penalty is
+    replaced by its upper bound R + TC, and TC is estimated on the batch (mss with the
+    training-set size), not in closed form.
 
     ``prior="log_uniform"``: their ReLU case, the scale-invariant log-uniform prior on z (flat on
     log z). Its KL is ``-log alpha(x)`` plus a constant (their Proposition 5), so the logged
