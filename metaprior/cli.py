@@ -108,13 +108,55 @@ def cmd_train(args) -> int:
     if hasattr(method, "train_run"):  # a recipe with its own engine (the NumPyro/JAX SVAE)
         last = method.train_run(data, train_cfg, out=out, record=record, resume=args.resume)
     else:
+        if not args.resume:
+            _check_scale_for_auto(method, data)
         pair, objective = method.build(data)
+        record.update(_resolved(method, data, pair))
         trainer = Trainer(pair, objective, data, train_cfg, out=out, record=record)
         last = trainer.fit(resume=args.resume)
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in last.items()}))
     if not args.no_plots:
         _plot(out, device="cpu")
     return 0
+
+
+#: under likelihood=auto, non-binary data whose largest |value| exceeds this are refused (networks and the
+#: learned-scale Gaussian start at scales of order 1: such data make the first steps' losses overflow)
+AUTO_MAX_ABS = 10.0
+
+
+def _check_scale_for_auto(method, data) -> None:
+    """Refuse unbounded float data under ``likelihood=auto`` with the fix (standardize, or choose the likelihood)."""
+    import numpy as np
+
+    if getattr(method, "likelihood", None) != "auto" or data.is_binary or getattr(data, "x", None) is None:
+        return
+    x = np.asarray(data.x[:10000], dtype=np.float64)
+    big = float(np.abs(x).max()) if x.size else 0.0
+    if big > AUTO_MAX_ABS:
+        raise ValueError(
+            f"likelihood=auto: the data are neither binary nor of order 1 (values in [{x.min():.4g}, {x.max():.4g}], "
+            f"standard deviation {x.std():.4g}); a learned-scale Gaussian starting at obs_scale={method.obs_scale} and "
+            f"networks with unit-scale weights overflow on them. Standardize the data first ((x - mean) / std per "
+            f"feature, saved with np.save), or set --set likelihood=... yourself to train on them as they are")
+
+
+def _resolved(method, data, pair) -> dict:
+    """``{"resolved": {"likelihood": ..., "net": ...}}``: what ``auto`` settings became (printed on stderr too)."""
+    out = {}
+    lik = getattr(getattr(pair, "likelihood", None), "name", None)
+    if getattr(method, "likelihood", None) is not None and lik:
+        out["likelihood"] = lik
+    if getattr(method, "net", None) is not None:
+        from .nets.conv import resolve_net
+
+        out["net"] = resolve_net(method.net, data.observation_shape)
+    auto = {k: v for k, v in out.items() if getattr(method, k, None) == "auto"}
+    if auto:
+        why = {"likelihood": "binary data" if data.is_binary else "data not binary",
+               "net": f"observations of shape {tuple(data.observation_shape)}"}
+        print("metaprior: " + "; ".join(f"{k}=auto -> {v} ({why[k]})" for k, v in auto.items()), file=sys.stderr)
+    return {"resolved": out} if out else {}
 
 
 def _engine_method(run_dir: Path, hook: str = "train_run"):
@@ -228,18 +270,20 @@ def cmd_evaluate(args) -> int:
     from .evaluation.evaluate import evaluate_run, json_safe, parse_overrides
     from .runs import load_run
 
-    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     engine = _engine_method(Path(args.run), "evaluate_run")
+    metrics = [m.strip() for m in (args.metrics or "").split(",") if m.strip()]
     if engine is not None:  # e.g. clustering quality of an SVAE run, accuracy of M2
-        path = Path(args.run) / "eval.json"
-        results = json.loads(path.read_text()) if path.exists() else {}
+        metrics = _engine_metrics(engine, metrics, json.loads((Path(args.run) / "config.json").read_text())["method"])
         import inspect
 
+        from .rundir import update_json
+
         extra = {"num_examples": args.num_examples} if "num_examples" in inspect.signature(engine.evaluate_run).parameters else {}
-        results.update(engine.evaluate_run(Path(args.run), metrics=metrics, seed=args.seed, **extra))
-        path.write_text(json.dumps(results, indent=2) + "\n")
+        results = update_json(Path(args.run) / "eval.json",  # atomic; a damaged old file is moved aside
+                              engine.evaluate_run(Path(args.run), metrics=metrics, seed=args.seed, **extra))
         print(json.dumps({k: v["value"] for k, v in results.items()}, indent=2))
         return 0
+    metrics = metrics or list(DEFAULT_METRICS)
     bad = [m for m in metrics if m not in EVAL_METRICS and m != "all"]
     if bad:
         raise ValueError(f"unknown metric(s) {', '.join(bad)}; valid: {', '.join(EVAL_METRICS)} (or 'all')")
@@ -251,13 +295,37 @@ def cmd_evaluate(args) -> int:
     new = evaluate_run(run, metrics, preset=args.preset, overrides=overrides, seed=args.seed, device=args.device,
                        num_examples=args.num_examples, iwae_samples=args.iwae_samples, out_dir=Path(args.run), log=log,
                        progress=False if args.no_progress else None)
-    path = Path(args.run) / "eval.json"
-    results = json.loads(path.read_text()) if path.exists() else {}
-    results.update(json_safe(new))
-    path.write_text(json.dumps(results, indent=2) + "\n")
+    from .rundir import update_json
+
+    results = update_json(Path(args.run) / "eval.json", json_safe(new))  # atomic; a damaged old file is moved aside
     print(json.dumps({k: (round(v["value"], 4) if isinstance(v["value"], float) else v["value"])
                       for k, v in results.items()}, indent=2))
     return 0
+
+
+#: what `metaprior evaluate RUN` computes on a torch run without --metrics
+DEFAULT_METRICS = ("elbo", "iwae")
+
+
+def _engine_metrics(engine, asked: list[str], name: str) -> list[str]:
+    """The metrics a recipe with its own evaluation computes: its default list when none is asked for, every one
+    it supports for ``all``, else exactly the names asked for, refused when the recipe does not know one. The
+    supported names are the recipe's ``metric_names`` or its module's ``EVAL_METRICS`` (when it declares neither,
+    the recipe checks the names itself)."""
+    import inspect
+
+    default = inspect.signature(engine.evaluate_run).parameters["metrics"].default
+    valid = getattr(engine, "metric_names", None) or getattr(sys.modules[type(engine).__module__], "EVAL_METRICS", None)
+    if not asked:
+        return list(default)
+    if valid is None:
+        return asked
+    if asked == ["all"]:
+        return list(valid)
+    bad = [m for m in asked if m not in valid]
+    if bad:
+        raise ValueError(f"unknown metric(s) {', '.join(bad)} for a {name} run; valid: {', '.join(valid)} (or 'all')")
+    return asked
 
 
 def cmd_report(args) -> int:
@@ -285,6 +353,23 @@ def cmd_sweep(args) -> int:
     return 1 if failed else 0
 
 
+def cmd_study(args) -> int:
+    from .study import aggregate, run_study
+    from .sweep import load_grid
+
+    spec = load_grid(args.grid)  # methods, settings and metric names are checked before anything trains
+    if args.aggregate_only:
+        summary = aggregate(spec, out=args.out, results=args.results)
+    else:
+        summary = run_study(spec, out=args.out, results=args.results, executor=args.executor, jobs=args.jobs,
+                            progress=not args.no_progress)
+    print(f"{summary['ok']} of {summary['runs']} runs ok; tables and figures in "
+          f"{args.results or args.out or spec.get('out')}")
+    for m in summary["missing"]:
+        print(f"  {m['status']:13s} {m['name']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="metaprior", description="Autoencoder-based representation learning as probabilistic programs.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -306,8 +391,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="disentanglement metrics, ELBO decomposition, ArviZ diagnostics, held-out ELBO/IWAE -> eval.json")
     e.add_argument("run")
-    e.add_argument("--metrics", default="elbo,iwae",
-                   help=f"comma-separated, from: {', '.join(EVAL_METRICS)}; or 'all' (every metric the data set supports)")
+    e.add_argument("--metrics", default=None,
+                   help=f"comma-separated, from: {', '.join(EVAL_METRICS)}; or 'all' (every metric the data set and "
+                        "model support); default elbo,iwae (a recipe with its own evaluation, e.g. the SVAEs: its own "
+                        "metrics, listed in the error for an unknown name)")
     e.add_argument("--preset", choices=("default", "fast"), default="default",
                    help="sample counts and models: disentanglement_lib's defaults, or the documented fast preset")
     e.add_argument("--set", action="append", metavar="METRIC.KEY=VALUE",
@@ -343,6 +430,19 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--gpus-per-run", type=float, default=0.0)
     sw.add_argument("--no-progress", action="store_true")
     sw.set_defaults(fn=cmd_sweep)
+
+    st = sub.add_parser("study", help="a sweep grid trained, evaluated and aggregated: study.csv, metric distributions, "
+                                      "rank correlations, seed-vs-setting variance, TC, rate-distortion-usefulness",
+                        description=__import__("metaprior.study", fromlist=["x"]).__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    st.add_argument("grid", help="JSON grid file (the sweep format; see `metaprior sweep --help`)")
+    st.add_argument("--out", default=None, help="parent directory of the runs (overrides the grid's 'out')")
+    st.add_argument("--results", default=None, help="directory of the tables and figures (default: the runs' parent)")
+    st.add_argument("--executor", choices=("joblib", "serial", "ray"), default="joblib")
+    st.add_argument("--jobs", type=int, default=1, help="runs at a time (joblib executor)")
+    st.add_argument("--aggregate-only", action="store_true", help="train nothing: aggregate the runs that exist")
+    st.add_argument("--no-progress", action="store_true")
+    st.set_defaults(fn=cmd_study)
     return p
 
 

@@ -150,3 +150,69 @@ def test_metrics_needing_a_missing_piece_are_skipped_by_name(tmp_path, capsys):
     code, _, err = run(capsys, "plot", str(out))
     assert code == 0, err
     assert "skipped" in err and (out / "plots" / "training.png").exists()
+
+
+# ------------------------------------------------------------------ a newcomer's first hour: the fixed messages
+
+def test_svae_evaluate_honours_the_metric_contract(tmp_path, capsys):
+    """`all` = what the run supports; a single metric computes only it; a name the run does not know is refused."""
+    out = tmp_path / "gmm"
+    code, _, err = run(capsys, "train", "--method", "svae_gmm", "--data", "pinwheel", "--set", "batch_size=64",
+                       "--set", "log_every=5", "--steps", "5", "--out", str(out), "--no-progress", "--no-plots")
+    assert code == 0, err
+    code, _, err = run(capsys, "evaluate", str(out), "--metrics", "iwae")
+    assert code == 2 and "unknown metric(s) iwae for a svae_gmm run; valid: elbo, ari, nmi (or 'all')" in err
+    code, _, err = run(capsys, "evaluate", str(out), "--metrics", "ari")
+    assert code == 0, err
+    assert set(json.loads((out / "eval.json").read_text())) == {"ari"}
+    code, _, err = run(capsys, "evaluate", str(out), "--metrics", "all")
+    assert code == 0, err
+    assert {"ari", "nmi", "elbo", "rate", "distortion"} <= set(json.loads((out / "eval.json").read_text()))
+
+
+def test_binarize_is_accepted_for_array_files_and_the_bernoulli_advice_works(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    f = tmp_path / "grey.npz"
+    np.savez(f, x=rng.uniform(size=(60, 1, 4, 4)).astype(np.float32))
+    args = ("train", "--method", "vae", "--data", str(f), "--set", "likelihood=bernoulli", "--set", "batch_size=8",
+            "--steps", "2", "--no-progress", "--no-plots")
+    code, _, err = run(capsys, *args, "--out", str(tmp_path / "a"))
+    assert code == 2 and "binarize it (data option binarize=true)" in err
+    code, _, err = run(capsys, *args, "--data-option", "binarize=true", "--out", str(tmp_path / "b"))
+    assert code == 0, err
+    x = load(str(f), binarize=True).x
+    assert set(np.unique(x)) == {0.0, 1.0}
+    np.testing.assert_array_equal(x, (np.load(f)["x"] > 0.5).astype(np.float32))
+    np.save(tmp_path / "wide.npy", np.linspace(-3, 3, 60, dtype=np.float32).reshape(60, 1))
+    with pytest.raises(ValueError, match=r"binarize=true thresholds values in \[0, 1\].*\[-3, 3\]"):
+        load(str(tmp_path / "wide.npy"), binarize=True)
+
+
+def test_config_records_what_auto_resolved_to_and_says_so(tmp_path, capsys):
+    for opt, lik in ((), "gaussian_learned"), (("--data-option", "binarize=true"), "bernoulli"):
+        out = tmp_path / lik
+        code, _, err = run(capsys, "train", "--method", "vae", "--data", "digits", *opt, "--steps", "2",
+                           "--set", "batch_size=8", "--out", str(out), "--no-progress", "--no-plots")
+        assert code == 0, err
+        cfg = json.loads((out / "config.json").read_text())
+        assert cfg["method_config"]["likelihood"] == "auto" and cfg["resolved"] == {"likelihood": lik, "net": "mlp"}
+        assert f"likelihood=auto -> {lik}" in err and "net=auto -> mlp (observations of shape (1, 8, 8))" in err
+
+
+def test_unbounded_float_data_under_auto_are_refused_with_the_fix(tmp_path, capsys):
+    f = tmp_path / "wide.npy"
+    np.save(f, (np.random.default_rng(0).normal(size=(50, 3)) * 50).astype(np.float32))
+    code, _, err = run(capsys, "train", "--method", "vae", "--data", str(f), "--steps", "2", "--set", "batch_size=8",
+                       "--out", str(tmp_path / "r"), "--no-progress", "--no-plots")
+    assert code == 2 and "likelihood=auto: the data are neither binary nor of order 1" in err
+    assert "Standardize the data first" in err and not (tmp_path / "r" / "config.json").exists()
+
+
+def test_a_term_returning_a_float_and_an_unknown_site_are_named():
+    data = load("digits", binarize=True)
+    pair = build(data)
+    x = torch.as_tensor(data.test_observations(4, 0))
+    with pytest.raises(TypeError, match=r"term 'half' returned float 0.5; a term must return a scalar torch tensor"):
+        ELBO(terms={"half": (1.0, lambda ctx: 0.5)})(pair.model, pair.guide, x)
+    with pytest.raises(KeyError, match=r"no sample site 'zz'; its sample sites are \['z'\]"):
+        ELBO(terms={"t": (1.0, lambda ctx: ctx.latent("zz").value.sum())})(pair.model, pair.guide, x)

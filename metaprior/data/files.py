@@ -18,6 +18,7 @@ import inspect
 import os
 import struct
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Callable
 
@@ -90,8 +91,9 @@ def read_idx(path, limit: int | None = None) -> np.ndarray:
     if raw[:2] == GZIP_MAGIC:
         try:
             raw = gzip.decompress(raw)
-        except (OSError, EOFError) as err:
-            raise DataError(f"{p}: corrupt or truncated gzip data ({err})") from None
+        except (OSError, EOFError, zlib.error) as err:
+            raise DataError(f"{p}: corrupt or truncated gzip data ({type(err).__name__}: {err}); the file is damaged: "
+                            f"replace it with an intact copy (`gzip -t {p}` checks one)") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise DataError(f"{p}: not an IDX file: bad magic number {raw[:4].hex() or '(empty file)'} "
                         "(expected 0000 followed by a type code and the number of dimensions)")
@@ -170,12 +172,15 @@ def npz_keys(path: Path) -> list[str]:
         raise DataError(f"{path}: not a readable .npz (zip) file ({err})") from None
 
 
-def load_array(path, key: str | None = None, test_fraction: float = 0.1, seed: int = 0) -> ArrayData:
+def load_array(path, key: str | None = None, test_fraction: float = 0.1, seed: int = 0,
+               binarize: bool = False) -> ArrayData:
     """A plain array [N, ...] from .npy, or from .npz (key ``key``, with labels from 'labels' or 'y').
 
     In an .npz without ``key``, the array is the only non-label one, else the first of
     'x', 'X', 'data', 'images', 'imgs', 'observations'. uint8 arrays with values above 1 are
-    taken as 8-bit images and divided by 255. NaN or infinite values raise :class:`DataError`.
+    taken as 8-bit images and divided by 255, and so are integer arrays of any width holding 0..255
+    (other integer ranges are refused). NaN or infinite values raise :class:`DataError`.
+    ``binarize`` thresholds values in [0, 1] at 0.5 (1 above, 0 otherwise), as :func:`load_idx` does.
     """
     p = existing_file(path, "array file")
     suffix = p.suffix.lower()
@@ -196,17 +201,46 @@ def load_array(path, key: str | None = None, test_fraction: float = 0.1, seed: i
         if key not in keys:
             raise DataError(f"{p}: no array {key!r}; keys found: {', '.join(keys) or 'none'}")
         label_key = next((k for k in LABEL_KEYS if k in keys and k != key), None)
+    if suffix == ".npy":
+        with open(p, "rb") as fh:
+            head = fh.read(6)
+        if head != b"\x93NUMPY":  # np.load would take any other file for a pickle
+            what = "it is empty (0 bytes)" if not head else f"it starts with {head!r}, not the .npy magic b'\\x93NUMPY'"
+            raise DataError(f"{p}: not a NumPy .npy file ({what}); write arrays with numpy.save(path, x), or give "
+                            "an .npz, IDX or .h5 file")
     try:
         if suffix == ".npy":
             x, labels = np.load(p, mmap_mode="r", allow_pickle=False), None
         else:
             with np.load(p, allow_pickle=False) as z:
                 x, labels = z[key], (z[label_key] if label_key else None)
-    except (ValueError, OSError, zipfile.BadZipFile) as err:
-        raise DataError(f"{p}: cannot read array ({err})") from None
-    if x.dtype == np.uint8 and x.size and x.max() > 1:
-        x = x.astype(np.float32) / 255.0
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise DataError(f"{p}: cannot read array ({type(err).__name__}: {err}); the file is truncated or "
+                        "damaged: write it again with numpy.save / numpy.savez") from None
+    x = _integer_pixels(x, p)
+    if binarize:
+        x = np.asarray(x, dtype=np.float32)
+        if x.size and (np.nanmin(x) < 0 or np.nanmax(x) > 1):
+            raise DataError(f"{p}: binarize=true thresholds values in [0, 1] at 0.5, but the array holds values in "
+                            f"[{np.nanmin(x):g}, {np.nanmax(x):g}]; rescale it to [0, 1] first (or save it as uint8 "
+                            "images 0..255)")
+        x = (x > 0.5).astype(np.float32)
     return ArrayData(np.asarray(x), labels=labels, name=p.stem, test_fraction=test_fraction, split_seed=seed)
+
+
+def _integer_pixels(x: np.ndarray, p: Path) -> np.ndarray:
+    """Integer arrays, whatever their width: values in 0..1 stay (binary data); values in 0..255 are
+    8-bit pixel intensities, divided by 255 (as uint8 always was); other integers are refused."""
+    if x.dtype.kind not in "iu" or not x.size:
+        return x
+    lo, hi = int(x.min()), int(x.max())
+    if 0 <= lo and hi <= 1:
+        return x
+    if 0 <= lo and hi <= 255:
+        return np.asarray(x, np.float32) / 255.0
+    raise DataError(f"{p}: integer data with values in [{lo}, {hi}] are neither binary (0/1) nor 8-bit pixel "
+                    f"intensities (0..255); convert them to floats on the scale you mean (e.g. x / x.max(), "
+                    "saved as float32)")
 
 
 def npz_images(path: Path, key: str = "imgs") -> tuple[np.ndarray, tuple[int, int], bool]:

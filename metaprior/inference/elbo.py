@@ -77,9 +77,9 @@ class TermContext:
 
     def latent(self, name: str = "z") -> Latent:
         site = self.guide_trace.nodes.get(name)
-        if site is None or site["type"] != "sample":
-            sites = [n for n, s in self.guide_trace.nodes.items() if s["type"] == "sample"]
-            raise KeyError(f"the guide has no sample site {name!r}; its sites are {sites}")
+        if site is None or site["type"] != "sample" or isinstance(site["fn"], _Subsample):
+            sites = [n for n, _ in sample_sites(self.guide_trace)]
+            raise KeyError(f"the guide has no sample site {name!r}; its sample sites are {sites}")
         return Latent(site["value"], site["fn"])
 
     def prior(self, name: str = "z"):
@@ -198,6 +198,10 @@ class ELBO:
         ctx = TermContext(model_trace, guide_trace, args, kwargs, step, normalizer, dataset_size)
         for name, (weight, term) in self.terms.items():
             value = term(ctx)
+            if not torch.is_tensor(value):
+                raise TypeError(f"term {name!r} returned {type(value).__name__} {value!r}; a term must return a scalar "
+                                "torch tensor (nats per example) computed from the traces, so that its gradient "
+                                "reaches the model, e.g. ctx.latent('z').loc.pow(2).sum(-1).mean()")
             if value.dim() != 0:
                 raise ValueError(f"term {name!r} must return a scalar (nats per example), got shape {tuple(value.shape)}")
             w = weight(step)

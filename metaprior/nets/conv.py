@@ -78,6 +78,18 @@ class Conv28Decoder(nn.Sequential):
 NETS = ("auto", "mlp", "conv64", "conv28")
 
 
+def resolve_net(net: str, observation_shape: Sequence[int]) -> str:
+    """The network ``net="auto"`` stands for: ``conv64`` for (C, 64, 64) images, ``conv28`` for (C, 28, 28), else ``mlp``."""
+    shape = tuple(int(s) for s in observation_shape)
+    if net != "auto":
+        return net
+    if len(shape) == 3 and shape[1:] == (64, 64):
+        return "conv64"
+    if len(shape) == 3 and shape[1:] == (28, 28):
+        return "conv28"
+    return "mlp"
+
+
 def build_encoder_decoder(net: str, observation_shape: Sequence[int], encoder_out: int, latent_dim: int,
                           hidden: Sequence[int] = (400,)) -> tuple[nn.Module, nn.Module]:
     """Encoder (x -> ``encoder_out`` numbers) and decoder (z -> tensor of ``observation_shape``).
@@ -86,13 +98,7 @@ def build_encoder_decoder(net: str, observation_shape: Sequence[int], encoder_ou
     MLP with ``hidden`` layers otherwise.
     """
     shape = tuple(int(s) for s in observation_shape)
-    if net == "auto":
-        if len(shape) == 3 and shape[1:] == (64, 64):
-            net = "conv64"
-        elif len(shape) == 3 and shape[1:] == (28, 28):
-            net = "conv28"
-        else:
-            net = "mlp"
+    net = resolve_net(net, shape)
     if net == "conv64":
         return Conv64Encoder(shape, encoder_out), Conv64Decoder(latent_dim, shape)
     if net == "conv28":
