@@ -5,6 +5,7 @@ exact log p(x) of a linear-Gaussian model whose guide is the exact posterior (th
 p(x) and DReG's guide gradient is exactly zero); the closed-form ELBO gradient at K = 1; the IWAE
 gradient's Monte Carlo mean at K = 5 (a stated error).
 """
+import json
 import math
 
 import numpy as np
@@ -192,3 +193,196 @@ def test_iwae_rejects_what_it_cannot_do():
         IWAE(gradient="vimco")
     with pytest.raises(ValueError, match="regularizer terms"):
         IWAE(terms={"tc": (1.0, lambda ctx: torch.zeros(()))})
+
+
+# ------------------------------------------------------------------ splits
+from metaprior.data.splits import SplitError, make_split, validation_observations  # noqa: E402
+
+
+@pytest.mark.parametrize("kw", [dict(test_fraction=0.2, validation_fraction=0.25, seed=3),
+                                dict(test_start=80, validation_last=10),
+                                dict(test_start=80, validation_fraction=0.5, seed=1),
+                                dict(test_fraction=0.0, validation_fraction=0.1)])
+def test_splits_are_disjoint_cover_everything_and_are_reproducible(kw):
+    a, b = make_split(100, **kw), make_split(100, **kw)
+    sets = [set(a.train.tolist()), set(a.validation.tolist()), set(a.test.tolist())]
+    assert sum(map(len, sets)) == 100 and set().union(*sets) == set(range(100))
+    for s in ("train", "validation", "test"):
+        assert np.array_equal(a.indices(s), b.indices(s))
+    d = a.describe()
+    assert (d["train"], d["validation"], d["test"]) == (len(a.train), len(a.validation), len(a.test))
+
+
+def test_split_sizes_and_rules_by_hand():
+    s = make_split(100, test_start=80, validation_last=10)
+    assert s.test.tolist() == list(range(80, 100)) and s.validation.tolist() == list(range(70, 80))
+    s = make_split(100, test_fraction=0.2, validation_fraction=0.25, seed=3)
+    assert (len(s.test), len(s.validation), len(s.train)) == (20, 20, 60)
+    # the test rule is the one ArrayData always used: first 20 of default_rng(3).permutation(100)
+    assert s.test.tolist() == sorted(np.random.default_rng(3).permutation(100)[:20].tolist())
+    assert not np.array_equal(make_split(100, 0.2, 0.25, seed=4).validation, s.validation)
+    with pytest.raises(SplitError, match="test_start"):
+        make_split(100, test_start=0)
+    with pytest.raises(SplitError, match="not both"):
+        make_split(100, validation_fraction=0.1, validation_last=5)
+
+
+def test_validation_observations_names_the_fix():
+    with pytest.raises(SplitError, match="validation_fraction=0.1"):
+        validation_observations(object())
+
+
+# ------------------------------------------------------------------ the validation rule
+from metaprior.inference.validation import Validation  # noqa: E402
+
+
+def test_best_and_early_stopping_on_a_synthetic_curve():
+    v = Validation(None, every=1, patience=3, evaluate=lambda pair: {})
+    curve = [-10, -8, -7, -7.5, -6.9, -7, -7.2, -7.1, -5.0]
+    flags = []
+    for step, value in enumerate(curve, start=1):
+        if v.stopped:
+            break
+        flags.append(v.observe(step, value))
+    assert flags == [True, True, True, False, True, False, False, False]  # stops before seeing -5.0
+    assert (v.best, v.best_step, v.stopped) == (-6.9, 5, True)
+    w = Validation(None, every=1, patience=0, evaluate=lambda pair: {})
+    for step, value in enumerate([-3.0, float("nan"), -4.0], start=1):
+        w.observe(step, value)
+    assert (w.best, w.best_step, w.stopped) == (-3.0, 1, False)  # NaN is never a best; no patience: never stops
+
+
+def _digits(tmp_path, name, steps, resume=False, callbacks=(), **cfg):
+    from metaprior.data import load
+    from metaprior.inference import TrainConfig, Trainer
+    from metaprior.methods import METHODS, configure
+
+    data = load("digits")
+    pyro.set_rng_seed(0)
+    pair, objective = configure(METHODS["vae"], {"latent_dim": 3, "hidden": (16,)}).build(data)
+    config = TrainConfig(progress=False, steps=steps, batch_size=32, log_every=5,
+                         checkpoint_every=cfg.pop("checkpoint_every", 10), **cfg)
+    trainer = Trainer(pair, objective, data, config, out=None if name is None else tmp_path / name,
+                      callbacks=list(callbacks))
+    trainer.fit(resume=resume)
+    return trainer
+
+
+def test_trainer_keeps_the_best_checkpoint_and_stops_early_on_a_synthetic_curve(tmp_path):
+    curve = iter([-10.0, -9.0, -9.5, -9.2, -9.1, -1.0])
+
+    def fake(pair):
+        return {"val_elbo": next(curve)}
+    v = Validation(None, every=5, patience=3, evaluate=fake)
+    t = _digits(tmp_path, "syn", 100, callbacks=[v])
+    assert t.step == 25 and v.best_step == 10  # 3 validations (15, 20, 25) without a new best
+    best = torch.load(tmp_path / "syn/checkpoints/best.ckpt", weights_only=False)
+    assert best["step"] == 10
+    rows = [json.loads(s) for s in (tmp_path / "syn/metrics.jsonl").read_text().splitlines()]
+    val = [r for r in rows if "val_metric" in r]
+    assert [(r["step"], r["val_elbo"], r["val_best"]) for r in val] == [
+        (5, -10.0, -10.0), (10, -9.0, -9.0), (15, -9.5, -9.0), (20, -9.2, -9.0), (25, -9.1, -9.0)]
+    assert [r["step"] for r in rows if "loss" in r] == [5, 10, 15, 20, 25]
+    assert (tmp_path / "syn/checkpoints/step_0000025.ckpt").exists()  # the stopping step is checkpointed
+
+
+class _Interrupt:
+    """Stops a run at ``step`` as a crash would (after the checkpoint of an earlier step)."""
+
+    def __init__(self, step):
+        self.at = step
+
+    def after_step(self, trainer, fh):
+        if trainer.step == self.at:
+            raise KeyboardInterrupt
+
+
+def test_validation_does_not_change_training_and_resume_is_exact(tmp_path):
+    from metaprior.data import load
+
+    data = load("digits")
+    xv = data.x[data.test_indices][:64]
+    kw = dict(optimizer="sgd", momentum=0.9, lr=0.002, weight_decay=1e-3, lr_schedule="cosine", checkpoint_every=13)
+
+    def val():
+        return Validation(xv, every=4, metric="iwae", samples=3, patience=50)
+    plain = _digits(tmp_path, None, 30, **kw)
+    a = _digits(tmp_path, "a", 30, callbacks=[val()], **kw)
+    for p, q in zip(plain.pair.parameters(), a.pair.parameters()):
+        assert torch.equal(p, q)  # held-out draws use their own RNG stream
+    with pytest.raises(KeyboardInterrupt):
+        _digits(tmp_path, "b", 30, callbacks=[val(), _Interrupt(17)], **kw)  # last checkpoint: step 13
+    b = _digits(tmp_path, "b", 30, resume=True, callbacks=[val()], **kw)
+    for p, q in zip(a.pair.parameters(), b.pair.parameters()):
+        assert torch.equal(p, q)
+    sa, sb = a._opt.state_dict(), b._opt.state_dict()
+    assert sa["param_groups"] == sb["param_groups"]
+    assert all(torch.equal(x["momentum_buffer"], y["momentum_buffer"]) for x, y in zip(sa["state"].values(), sb["state"].values()))
+    assert a._sched.state_dict() == b._sched.state_dict()
+    va, vb = a.callbacks[0], b.callbacks[0]
+    assert vb.history == va.history and vb.best_step == va.best_step and len(va.history) == 7
+    strip = lambda f: [{k: v for k, v in json.loads(s).items() if k != "wall_s"} for s in f.read_text().splitlines()]  # noqa: E731
+    assert strip(tmp_path / "a/metrics.jsonl") == strip(tmp_path / "b/metrics.jsonl")
+    best = torch.load(tmp_path / "b/checkpoints/best.ckpt", weights_only=False)
+    assert best["step"] == va.best_step
+
+
+# ------------------------------------------------------------------ optimizers and schedules
+def test_optimizer_settings_reach_torch(tmp_path):
+    t = _digits(tmp_path, None, 4, optimizer="AdamW", lr=0.003, weight_decay=0.05)
+    g = t._opt.state_dict()["param_groups"][0]
+    assert type(t._opt.optimizer) is torch.optim.AdamW and g["lr"] == 0.003 and g["weight_decay"] == 0.05
+    t = _digits(tmp_path, None, 4, optimizer="sgd", momentum=0.8, lr=1e-4)
+    g = t._opt.state_dict()["param_groups"][0]
+    assert type(t._opt.optimizer) is torch.optim.SGD and g["momentum"] == 0.8 and g["weight_decay"] == 0.0
+    t = _digits(tmp_path, None, 4, optimizer="adamw")
+    assert t._opt.state_dict()["param_groups"][0]["weight_decay"] == 0.0  # not AdamW's own 0.01
+    # cosine: lr_t = lr (1 + cos(pi t / T)) / 2 after t steps
+    t = _digits(tmp_path, None, 7, lr=0.01, lr_schedule="cosine")
+    assert t._opt.param_groups[0]["lr"] == pytest.approx(0.01 * (1 + math.cos(math.pi * 7 / 7)) / 2, abs=1e-12)
+    t = _digits(tmp_path, None, 12, lr=0.01, lr_schedule="step:5:0.5")
+    assert t._opt.param_groups[0]["lr"] == pytest.approx(0.01 * 0.25)
+    t = _digits(tmp_path, None, 3, lr=0.01, lr_schedule="warmup:10")
+    assert t._opt.param_groups[0]["lr"] == pytest.approx(0.01 * (0.1 + 0.9 * 3 / 10))
+    # epochs: 1617 training digits // 32 = 50 steps an epoch
+    t = _digits(tmp_path, None, 1, epochs=2)
+    assert t.step == 2 * (t.data.num_examples // 32) == 100
+
+
+def test_training_settings_reject_bad_values():
+    from metaprior.inference import TrainConfig
+
+    with pytest.raises(ValueError, match="unknown optimizer 'adamm'.*adamw"):
+        TrainConfig(optimizer="adamm")
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainConfig(lr_schedule="cosinus")
+    with pytest.raises(ValueError, match="early_stopping needs validation"):
+        TrainConfig(early_stopping=5)
+    with pytest.raises(ValueError, match="val_metric"):
+        TrainConfig(val_metric="nll")
+    from metaprior.inference.optim import build_optimizer
+    with pytest.raises(ValueError, match="takes no momentum"):
+        build_optimizer([torch.zeros(1, requires_grad=True)], "adam", momentum=0.9)
+
+
+# ------------------------------------------------------------------ the experiment
+def test_heldout_mnist_tiny(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("heldout_mnist", root / "experiments" / "heldout_mnist.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    if not mod.DATA.is_file():
+        pytest.skip(f"{mod.DATA} is absent")
+    assert mod.main(["--tiny", "--out", str(tmp_path)]) == 0
+    rows = {r["recipe"]: r for r in (json.loads((tmp_path / f"{n}_seed0/heldout.json").read_text())
+                                     for n in mod.RECIPES)}
+    assert rows["plain"]["train_examples"] == 500 and rows["recipe"]["train_examples"] == 400
+    assert rows["recipe"]["evaluated"] == "best" and rows["plain"]["evaluated"] == "last"
+    assert all(r["test_nll"] < -r["test_elbo"] for r in rows.values())  # the K = 20 bound is above the ELBO
+    cfg = json.loads((tmp_path / "recipe_seed0/config.json").read_text())
+    assert cfg["method_config"]["bound"] == "iwae" and cfg["method_config"]["iwae_gradient"] == "dreg"
+    md = (tmp_path / "results.md").read_text()
+    assert "| recipe | 0 |" in md and "Verdict" in md
