@@ -537,8 +537,12 @@ def dci_from_importance(importance: np.ndarray) -> tuple[float, float]:
 
 
 def _fit_and_score(model: str, seed: int, x, y, x_test, y_test):
-    """Worker: fit ``model`` on (x, y); return (model, train accuracy, test accuracy)."""
-    clf = _fit_quiet(_importance_model(model, seed) if model in _DCI_MODELS else _predictor(model, seed), x, y)
+    """Worker: fit ``model`` on (x, y); return (model, train accuracy, test accuracy).
+
+    ``model``: a :func:`dci` model name, or ``"logistic_cv"`` (:func:`usefulness`' logistic
+    predictor, ``LogisticRegressionCV``)."""
+    clf = _fit_quiet(_predictor("logistic", seed) if model == "logistic_cv" else _importance_model(model, seed),
+                     x, y)
     with _blas_one_thread():
         return clf, float(np.mean(clf.predict(x) == y)), float(np.mean(clf.predict(x_test) == y_test))
 
@@ -1104,6 +1108,7 @@ def usefulness(codes_train, factors_train, codes_test, factors_test,
     ctr, cte = np.ascontiguousarray(ctr[:, order]), np.ascontiguousarray(cte[:, order])
     res: dict[tuple, tuple] = {}
     keys, todo = {}, []
+    fit_name = {"logistic": "logistic_cv"}  # usefulness' logistic predictor is the CV one
     for m in models:
         for n in use:
             for j in range(ftr.shape[1]):
@@ -1111,7 +1116,7 @@ def usefulness(codes_train, factors_train, codes_test, factors_test,
                 if np.unique(y).size < 2:
                     res[m, n, j] = (1.0, float(np.mean(fte[:, j] == y[0])))
                     continue
-                keys[m, n, j] = key = _cache_key(m, seed, x, y)
+                keys[m, n, j] = key = _cache_key(fit_name.get(m, m), seed, x, y)
                 clf = _FIT_CACHE.get(key)
                 if clf is not None:
                     with _blas_one_thread():
@@ -1120,7 +1125,8 @@ def usefulness(codes_train, factors_train, codes_test, factors_test,
                 else:
                     todo.append((m, n, j))
     todo.sort(key=lambda t: -t[1] * _num_classes(ftr[:t[1], t[2]]))
-    done = _parallel_map(_fit_and_score, [(m, seed, ctr[:n], ftr[:n, j], cte, fte[:, j]) for m, n, j in todo],
+    done = _parallel_map(_fit_and_score, [(fit_name.get(m, m), seed, ctr[:n], ftr[:n, j], cte, fte[:, j])
+                                          for m, n, j in todo],
                          n_jobs, work=sum(n * _num_classes(ftr[:n, j]) for _, n, j in todo))
     for t, (clf, a_tr, a_te) in zip(todo, done):
         res[t] = (a_tr, a_te)
