@@ -386,3 +386,38 @@ def test_heldout_mnist_tiny(tmp_path):
     assert cfg["method_config"]["bound"] == "iwae" and cfg["method_config"]["iwae_gradient"] == "dreg"
     md = (tmp_path / "results.md").read_text()
     assert "| recipe | 0 |" in md and "Verdict" in md
+
+
+# ------------------------------------------------------------------ data options
+def _idx_file(tmp_path, images):
+    import struct
+    p = tmp_path / "t-images-idx3-ubyte"
+    n, h, w = images.shape
+    p.write_bytes(struct.pack(">HBBIII", 0, 8, 3, n, h, w) + images.astype(np.uint8).tobytes())
+    return p
+
+
+def test_stochastic_binarization_is_bernoulli_with_a_fixed_seed(tmp_path):
+    from metaprior.data import load_idx
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, size=(400, 6, 6))
+    p = _idx_file(tmp_path, img)
+    a = load_idx(p, binarize="stochastic", binarize_seed=7, test_fraction=0.0).x[:, 0]
+    b = load_idx(p, binarize="stochastic", binarize_seed=7, test_fraction=0.0).x[:, 0]
+    c = load_idx(p, binarize="stochastic", binarize_seed=8, test_fraction=0.0).x[:, 0]
+    assert set(np.unique(a)) <= {0.0, 1.0} and np.array_equal(a, b) and not np.array_equal(a, c)
+    x = img / 255.0
+    # the rule by hand: a pixel is on where the seeded uniform falls below its intensity
+    assert np.array_equal(a, (np.random.default_rng(7).random(x.shape, dtype=np.float32) < x.astype(np.float32)))
+    # Bernoulli: the mean over all pixels matches the mean intensity within 4 standard errors
+    se = np.sqrt((x * (1 - x)).sum()) / x.size
+    assert abs(a.mean() - x.mean()) < 4 * se
+    t = load_idx(p, binarize="true", test_fraction=0.0).x[:, 0]
+    assert np.array_equal(t, (x > 0.5).astype(np.float32))
+    with pytest.raises(Exception, match="binarize='dither'"):
+        load_idx(p, binarize="dither")
+    d = load_idx(p, test_start=300, validation_fraction=0.25)
+    assert d.test_indices.tolist() == list(range(300, 400)) and len(d.validation_indices) == 75
+    assert len(set(d.train_indices) | set(d.validation_indices)) == 300
+    assert d.split_description()["validation"] == 75

@@ -66,7 +66,10 @@ class ArrayData(Dataset):
 
     ``test_fraction`` of the examples (a fixed random subset, chosen by ``split_seed``)
     are held out; with ``test_start`` set, the examples from that index on are the test
-    set instead (an official split, e.g. Fashion-MNIST's 60,000 + 10,000). Batches are drawn
+    set instead (an official split, e.g. Fashion-MNIST's 60,000 + 10,000). ``validation_fraction``
+    of the other examples (random, by ``split_seed``), or the last ``validation_last`` of them in file
+    order, form a validation split, disjoint from train and test (:func:`metaprior.data.splits.make_split`
+    documents the rules; ``split_description()`` gives the sizes and rule of a data set's split). Batches are drawn
     by shuffled epochs: epoch e uses the permutation ``default_rng([seed, e])`` of the
     training indices, so ``batch`` is stateless.
     """
@@ -79,8 +82,11 @@ class ArrayData(Dataset):
     test_fraction: float = 0.1
     split_seed: int = 0
     test_start: int | None = None
+    validation_fraction: float = 0.0
+    validation_last: int | None = None
     _train: np.ndarray = field(init=False, repr=False)
     _test: np.ndarray = field(init=False, repr=False)
+    _validation: np.ndarray = field(init=False, repr=False)
     _perm: np.ndarray | None = field(init=False, repr=False, default=None)
     _perm_key: tuple | None = field(init=False, repr=False, default=None)
 
@@ -101,19 +107,15 @@ class ArrayData(Dataset):
                 if v.shape[0] != n:
                     raise DataError(f"{self.name}: {attr} has {v.shape[0]} rows but there are {n} observations")
                 setattr(self, attr, v)
-        if not 0.0 <= self.test_fraction < 1.0:
-            raise DataError(f"test_fraction must be in [0, 1), got {self.test_fraction}")
-        if self.test_start is not None:
-            if not 0 < self.test_start <= n:
-                raise DataError(f"{self.name}: test_start={self.test_start} must lie in [1, {n}] "
-                                f"(the examples from it on are the test set)")
-            self._train, self._test = np.arange(self.test_start), np.arange(self.test_start, n)
-        else:
-            perm = np.random.default_rng(self.split_seed).permutation(n)
-            n_test = int(round(self.test_fraction * n))
-            if n - n_test < 1:
-                n_test = n - 1
-            self._test, self._train = np.sort(perm[:n_test]), np.sort(perm[n_test:])
+        from .splits import SplitError, make_split
+
+        try:
+            split = make_split(n, self.test_fraction, self.validation_fraction, self.split_seed, self.test_start,
+                               self.validation_last)
+        except SplitError as e:
+            raise DataError(f"{self.name}: {e}") from None
+        self._train, self._validation, self._test = split.train, split.validation, split.test
+        self._split = split
         self.observation_shape = tuple(x.shape[1:])
 
     @property
@@ -131,6 +133,14 @@ class ArrayData(Dataset):
     @property
     def test_indices(self) -> np.ndarray:
         return self._test
+
+    @property
+    def validation_indices(self) -> np.ndarray:
+        return self._validation
+
+    def split_description(self) -> dict:
+        """Sizes and rules of the train / validation / test split (:meth:`metaprior.data.splits.Split.describe`)."""
+        return self._split.describe()
 
     def batch_indices(self, step: int, batch_size: int, seed: int) -> np.ndarray:
         n = len(self._train)

@@ -126,12 +126,46 @@ def sibling_labels(path: Path) -> Path | None:
     return candidate if name != path.name and candidate.is_file() else None
 
 
-def load_idx(path, labels_path=None, binarize: bool = False, limit: int | None = None,
-             test_fraction: float = 0.1, seed: int = 0) -> ArrayData:
+BINARIZE = ("false", "true", "threshold", "stochastic")
+
+
+def binarize_images(x: np.ndarray, mode, seed: int = 0, where: str = "data") -> np.ndarray:
+    """Binary images from intensities ``x`` in [0, 1] by ``mode``:
+
+    * ``false`` (or False): unchanged;
+    * ``true`` / ``threshold`` (or True): 1 where x > 0.5, else 0;
+    * ``stochastic``: one Bernoulli(x) draw per pixel, ``default_rng(seed).random(x.shape) < x``
+      (Salakhutdinov & Murray 2008's binarized MNIST; fixed seed, so the same file and seed give the
+      same images on any machine). This is a static binarization: the training images do not change
+      between epochs.
+    """
+    m = {True: "threshold", False: "false"}.get(mode, mode) if isinstance(mode, bool) else str(mode).strip().lower()
+    m = {"1": "threshold", "yes": "threshold", "on": "threshold", "true": "threshold",
+         "0": "false", "no": "false", "off": "false", "none": "false"}.get(m, m)
+    if m not in ("false", "threshold", "stochastic"):
+        raise DataError(f"{where}: binarize={mode!r} is not one of {', '.join(BINARIZE)}")
+    if m == "false":
+        return x
+    x = np.asarray(x, dtype=np.float32)
+    if x.size and (np.nanmin(x) < 0 or np.nanmax(x) > 1):
+        raise DataError(f"{where}: binarize={m} needs values in [0, 1], but they lie in "
+                        f"[{np.nanmin(x):g}, {np.nanmax(x):g}]; rescale them to [0, 1] first (or save uint8 images 0..255)")
+    if m == "threshold":
+        return (x > 0.5).astype(np.float32)
+    return (np.random.default_rng(seed).random(x.shape, dtype=np.float32) < x).astype(np.float32)
+
+
+def load_idx(path, labels_path=None, binarize: str = "false", limit: int | None = None,
+             test_fraction: float = 0.1, seed: int = 0, binarize_seed: int = 0, test_start: int | None = None,
+             validation_fraction: float = 0.0) -> ArrayData:
     """IDX images (MNIST format) as float32 [N, 1, H, W] in [0, 1], with labels when found.
 
     ubyte images are divided by 255; float images must already lie in [0, 1].
-    ``binarize`` thresholds at 0.5 (1 above, 0 otherwise). Labels come from ``labels_path``
+    ``binarize``: ``false``; ``true`` (= ``threshold``) thresholds at 0.5 (1 above, 0 otherwise);
+    ``stochastic`` draws each pixel from Bernoulli(intensity) once, with ``binarize_seed``
+    (:func:`binarize_images`). Splits: ``test_start`` (the images from that index on are the test
+    set), else a random ``test_fraction`` (by ``seed``); ``validation_fraction`` of the rest form a
+    validation split (:func:`metaprior.data.splits.make_split`). Labels come from ``labels_path``
     or, when it is None, from the sibling file named with 'labels-idx1' in place of
     'images-idx3'. ``limit`` keeps the first ``limit`` images; ``test_fraction`` of them
     (chosen by ``seed``) are held out.
@@ -148,8 +182,7 @@ def load_idx(path, labels_path=None, binarize: bool = False, limit: int | None =
             raise DataError(f"{p}: float images must lie in [0, 1], found [{x.min()}, {x.max()}]")
     else:
         raise DataError(f"{p}: images of IDX type {images.dtype} are not supported (ubyte or float)")
-    if binarize:
-        x = (x > 0.5).astype(np.float32)
+    x = binarize_images(x, binarize, binarize_seed, str(p))
     lp = existing_file(labels_path, "IDX labels file") if labels_path is not None else sibling_labels(p)
     labels = None
     if lp is not None:
@@ -157,7 +190,8 @@ def load_idx(path, labels_path=None, binarize: bool = False, limit: int | None =
         if labels.ndim != 1 or len(labels) != len(x):
             raise DataError(f"{lp}: expected {len(x)} labels in one dimension, got shape {labels.shape}")
         labels = labels.astype(np.int64)
-    return ArrayData(x[:, None], labels=labels, name="idx", test_fraction=test_fraction, split_seed=seed)
+    return ArrayData(x[:, None], labels=labels, name="idx", test_fraction=test_fraction, split_seed=seed,
+                     test_start=test_start, validation_fraction=validation_fraction)
 
 
 # ----------------------------------------------------------------------------- npz / npy
@@ -173,7 +207,7 @@ def npz_keys(path: Path) -> list[str]:
 
 
 def load_array(path, key: str | None = None, test_fraction: float = 0.1, seed: int = 0,
-               binarize: bool = False) -> ArrayData:
+               binarize: bool = False, test_start: int | None = None, validation_fraction: float = 0.0) -> ArrayData:
     """A plain array [N, ...] from .npy, or from .npz (key ``key``, with labels from 'labels' or 'y').
 
     In an .npz without ``key``, the array is the only non-label one, else the first of
@@ -181,6 +215,10 @@ def load_array(path, key: str | None = None, test_fraction: float = 0.1, seed: i
     taken as 8-bit images and divided by 255, and so are integer arrays of any width holding 0..255
     (other integer ranges are refused). NaN or infinite values raise :class:`DataError`.
     ``binarize`` thresholds values in [0, 1] at 0.5 (1 above, 0 otherwise), as :func:`load_idx` does.
+    Splits: by default a random ``test_fraction`` = 0.1 of the rows (by ``seed``) is held out as the test
+    set (``test_fraction=0`` keeps none; then evaluation refuses to call the training rows a test set);
+    ``test_start`` makes the rows from that index on the test set; ``validation_fraction`` of the
+    others form a validation split (:func:`metaprior.data.splits.make_split`).
     """
     p = existing_file(path, "array file")
     suffix = p.suffix.lower()
@@ -225,7 +263,8 @@ def load_array(path, key: str | None = None, test_fraction: float = 0.1, seed: i
                             f"[{np.nanmin(x):g}, {np.nanmax(x):g}]; rescale it to [0, 1] first (or save it as uint8 "
                             "images 0..255)")
         x = (x > 0.5).astype(np.float32)
-    return ArrayData(np.asarray(x), labels=labels, name=p.stem, test_fraction=test_fraction, split_seed=seed)
+    return ArrayData(np.asarray(x), labels=labels, name=p.stem, test_fraction=test_fraction, split_seed=seed,
+                     test_start=test_start, validation_fraction=validation_fraction)
 
 
 def _integer_pixels(x: np.ndarray, p: Path) -> np.ndarray:

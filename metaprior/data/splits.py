@@ -22,11 +22,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .base import DataError
+
 SPLITS = ("train", "validation", "test")
 
 
-class SplitError(ValueError):
-    pass
+class SplitError(DataError):
+    """A split that cannot be made (the message names the setting)."""
 
 
 @dataclass(frozen=True)
