@@ -120,11 +120,11 @@ class IWAE(ELBO):
         if self.terms:
             raise ValueError(
                 f"the IWAE objective takes no regularizer terms (got {', '.join(self.terms)}): the survey's terms "
-                "are defined per ELBO particle; use objective=elbo for this method")
+                "are defined per ELBO particle; use bound=elbo for this method")
         if int(self.num_particles) != 1:
             raise ValueError("the IWAE objective draws its own K samples (iwae_samples); leave num_particles at 1")
         if self.distortion_weight not in (None, 1.0):
-            raise ValueError("the IWAE objective has no distortion_weight; use objective=elbo for this method")
+            raise ValueError("the IWAE objective has no distortion_weight; use bound=elbo for this method")
 
     def __call__(self, model, guide, *args, step: int = 0, dataset_size: int | None = None, **kwargs) -> ELBOResult:
         K = int(self.num_samples)
@@ -163,7 +163,7 @@ class IWAE(ELBO):
             if site["is_observed"]:
                 if type(site["fn"]).__name__ == "Unit":
                     raise ValueError(f"the model declares pyro.factor site {name!r}; the IWAE objective does not "
-                                     "take factor sites (use objective=elbo)")
+                                     "take factor sites (use bound=elbo)")
                 log_lik = log_lik + _row_log_prob(name, site["fn"], site["value"], site["mask"], rows)
             else:
                 if name not in guide_sites:
@@ -201,13 +201,13 @@ class IWAE(ELBO):
         return (q.log_prob(z) - p.log_prob(z)).detach()
 
 
-def make_objective(objective: str, beta, analytic_kl: bool = True, num_particles: int = 1,
+def make_objective(bound: str, beta, analytic_kl: bool = True, num_particles: int = 1,
                    iwae_samples: int = 5, iwae_gradient: str = "iwae", terms=None) -> ELBO:
-    """The ELBO (``objective="elbo"``) or the IWAE bound (``"iwae"``) with the method's settings; the one
-    place the methods turn their ``objective`` setting into a loss."""
-    if objective == "elbo":
+    """The ELBO (``bound="elbo"``) or the IWAE bound (``"iwae"``) with the method's settings; the one
+    place the methods turn their ``bound`` setting into a loss."""
+    if bound == "elbo":
         return ELBO(beta=beta, terms=terms or {}, analytic_kl=analytic_kl, num_particles=num_particles)
-    if objective == "iwae":
+    if bound == "iwae":
         return IWAE(beta=beta, terms=terms or {}, analytic_kl=analytic_kl, num_particles=num_particles,
                     num_samples=iwae_samples, gradient=iwae_gradient)
-    raise ValueError(f"objective must be 'elbo' or 'iwae', got {objective!r}")
+    raise ValueError(f"bound must be 'elbo' or 'iwae', got {bound!r}")
