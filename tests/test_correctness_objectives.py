@@ -546,3 +546,116 @@ def test_gmm_svae_natural_gradient_step_is_a_convex_combination(rho):
     for got, was, want in zip(new["globals"]["niw"], old["niw"], target_niw):
         np.testing.assert_allclose(got, (1 - rho) * np.asarray(was, np.float64) + rho * want, rtol=2e-4, atol=2e-4)
     assert np.abs(target_dir - np.asarray(old["dirichlet"])).max() > 1.0  # the step moves the globals
+
+
+# -------------------------------------------------------- hierarchies, mixture prior, schedules
+def _normal_kl(q_loc, q_scale, p_loc, p_scale):
+    """KL(N(q_loc, q_scale^2) || N(p_loc, p_scale^2)) summed over the last axis, by its formula."""
+    return (torch.log(p_scale / q_scale) + (q_scale**2 + (q_loc - p_loc) ** 2) / (2 * p_scale**2) - 0.5).sum(-1)
+
+
+def _base(fn):
+    while hasattr(fn, "base_dist"):
+        fn = fn.base_dist
+    return fn
+
+
+@pytest.mark.parametrize("name", ["ladder_vae", "hierarchical_vae"])
+@pytest.mark.parametrize("step,weight", [(30, 0.6), (250, 2.0)])
+def test_hierarchical_loss_is_d_plus_warmed_up_beta_times_the_layers_kl(digits, name, step, weight):
+    """loss = D + beta min(t / T, 1) sum_l KL(q(z_l | .) || p(z_l | z_{l+1})) (Sonderby et al. 2016, KL warm-up),
+    each layer's KL by the Gaussian formula from the traced parameters, and each logged as kl_z<l>."""
+    pair, res, x = run(name, digits, step=step, layers=2, latent_dim=3, hidden=(16, 8), beta=2.0,
+                       beta_schedule="linear:100", batch_norm=False)
+    gt, mt = res.context.guide_trace, res.context.model_trace
+    kls = []
+    for l in (1, 2):
+        q, p = _base(gt.nodes[f"z{l}"]["fn"]), _base(mt.nodes[f"z{l}"]["fn"])
+        kls.append(_normal_kl(q.loc, q.scale, p.loc, p.scale).mean().detach())
+        assert close(res.parts[f"kl_z{l}"], kls[-1], rel=1e-5, abs_=1e-6)
+    assert close(res.loss, trace_distortion(res, x) + weight * sum(kls), rel=1e-5)
+    assert close(res.parts["rate"], sum(kls), rel=1e-5)
+
+
+def test_gmm_vae_rate_is_the_monte_carlo_kl_to_the_mixture(digits):
+    """loss = D + beta (log q(z|x) - log sum_k pi_k N(z; mu_k, s_k^2)) at the sampled z (no closed form)."""
+    pair, res, x = run("gmm_vae", digits, beta=2.5, components=3)
+    z, loc, scale = gaussian_codes(res)
+    prior = pair.mixture
+    log_pi = torch.log_softmax(prior.logits.detach(), -1)
+    comp = torch.stack([torch.distributions.Normal(prior.means[k].detach(), prior.scales[k].detach()).log_prob(z).sum(-1)
+                        for k in range(3)], -1)
+    log_p = torch.logsumexp(log_pi + comp, -1)
+    log_q = (-0.5 * ((z - loc) / scale) ** 2 - torch.log(scale) - 0.5 * math.log(2 * math.pi)).sum(-1)
+    r = (log_q - log_p).mean()
+    assert close(res.parts["rate"], r, rel=1e-5)
+    assert close(res.loss, trace_distortion(res, x) + 2.5 * r, rel=1e-5)
+
+
+@pytest.mark.parametrize("schedule,step,weight", [("linear:40", 10, 0.75), ("linear:40", 100, 3.0),
+                                                  ("cyclic:20:0.5", 25, 1.5), ("cyclic:20:0.5", 38, 3.0)])
+def test_beta_schedules_weigh_the_rate(digits, schedule, step, weight):
+    """linear:T: beta min(t/T, 1); cyclic:P:r (Fu et al. 2019): beta min((t mod P) / (P r), 1)."""
+    pair, res, x = run("beta_vae", digits, step=step, beta=3.0, beta_schedule=schedule)
+    z, loc, scale = gaussian_codes(res)
+    assert close(res.loss, hand_distortion(pair, x, z) + weight * hand_rate(loc, scale), rel=1e-5)
+    assert close(res.parts["elbo"], -(hand_distortion(pair, x, z) + hand_rate(loc, scale)), rel=1e-5)
+
+
+# ---------------------------------------------------------------------- importance weighting
+def _linear_gaussian():
+    """z ~ N(0, I_2), x | z ~ N(W z + b, 0.5^2 I_3); guide N(A x + c, diag s^2), deliberately not the posterior."""
+    import pyro.distributions as dist
+
+    g = torch.Generator().manual_seed(7)
+    W, b = torch.randn(3, 2, generator=g, dtype=F64), torch.randn(3, generator=g, dtype=F64)
+    post_cov = torch.linalg.inv(torch.eye(2, dtype=F64) + W.T @ W / 0.25)  # the exact posterior is N(A* (x - b), post_cov)
+    A = 0.9 * post_cov @ W.T / 0.25  # a shrunk mean and a diagonal, 1.3x wider scale: close to it, not equal
+    c = -A @ b
+    s = 1.3 * post_cov.diagonal().sqrt()
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], 2, dtype=F64), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ W.T + b, 0.5).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(x @ A.T + c, s.expand(x.shape[0], 2)).to_event(1))
+
+    log_px = lambda x: torch.distributions.MultivariateNormal(b, W @ W.T + 0.25 * torch.eye(3, dtype=F64)).log_prob(x)  # noqa: E731
+    return model, guide, (W, b, A, c, s), log_px
+
+
+def test_iwae_bound_on_the_same_draws_and_against_the_closed_form_likelihood():
+    """Burda et al. (2016, eq. 8): L_K = logsumexp_k log w_k - log K with log w = log p(x|z) + log p(z) - log q(z|x).
+    On the same draws mean_k log w_k <= L_K <= max_k log w_k exactly; the weights' parts equal their densities by
+    hand; L_1 averages to the ELBO and L_K (K = 3000) to the closed-form log p(x) = log N(x; b, W W^T + s^2 I)."""
+    from metaprior.inference.importance import importance_draws, iwae_log_likelihood
+
+    model, guide, (W, b, A, c, s), log_px = _linear_gaussian()
+    x = torch.randn(5, 3, generator=torch.Generator().manual_seed(8), dtype=F64)
+    torch.manual_seed(0)
+    draws = importance_draws(model, guide, x, 64)
+    z = draws.latents["z"]  # [B, K, 2]
+    normal = torch.distributions.Normal
+    torch.testing.assert_close(draws.log_likelihood, normal(z @ W.T + b, 0.5).log_prob(x[:, None]).sum(-1))
+    torch.testing.assert_close(draws.log_prior, normal(0.0, 1.0).log_prob(z).sum(-1).to(F64))
+    torch.testing.assert_close(draws.log_guide, normal((x @ A.T + c)[:, None], s).log_prob(z).sum(-1))
+    lw = draws.log_weights
+    l_k = torch.logsumexp(lw, 1) - math.log(64)
+    assert bool((lw.mean(1) <= l_k).all()) and bool((l_k <= lw.max(1).values).all())
+    torch.manual_seed(0)
+    torch.testing.assert_close(iwae_log_likelihood(model, guide, x, 64), l_k)
+    # against the closed form: the gap to log p(x) shrinks with K
+    truth = log_px(x)
+    torch.manual_seed(1)
+    big = iwae_log_likelihood(model, guide, x, 3000)
+    torch.manual_seed(1)
+    one = importance_draws(model, guide, x, 3000).log_weights  # K = 1 bounds, 3000 of them per example
+    elbo = one.mean(1)
+    assert bool((elbo < truth - 0.05).all())  # the guide is not the posterior: the ELBO is visibly below log p(x)
+    w = (one - one.max(1, keepdim=True).values).exp()
+    se = w.std(1) / (w.mean(1) * math.sqrt(3000))  # delta-method standard error of L_K (K = 3000) per example
+    assert bool(((truth - big).abs() < 5 * se + 1e-3).all()) and bool((big > elbo + 0.04).all())
+    assert float(se.max()) < 0.05  # ... and the error is small enough to separate L_K from the ELBO
