@@ -290,6 +290,8 @@ class SVAEGMM(_SVAERecipe):
             for ax, lab, title in ((axes[0], truth, "data, true labels"), (axes[1], inf["labels"], "data, inferred labels")):
                 ax.scatter(x[:, 0], x[:, 1], c=cmap(np.asarray(lab) % 10), s=6)
                 ax.set_title(title, fontsize=10)
+                ax.set_xlabel("x1")
+                ax.set_ylabel("x2")
                 ax.set_aspect("equal")
         ax = axes[-1]
         z = inf["z_mean"]
@@ -304,6 +306,15 @@ class SVAEGMM(_SVAERecipe):
                 ax.add_patch(Ellipse(g["m"][k][list(dims)], w, h, angle=angle, fill=False, lw=2,
                                      color=cmap(k % 10), alpha=float(min(1.0, 0.15 + 3 * weights[k]))))
         ax.set_title(f"latent space (E[z]), step {step}", fontsize=10)
+        ax.set_xlabel(f"z{dims[0]}")
+        ax.set_ylabel(f"z{dims[1]}" if d >= 2 else "")
+        from matplotlib.lines import Line2D
+
+        used = np.unique(inf["labels"])
+        handles = [Line2D([], [], marker="o", ls="", color=cmap(k % 10), label=f"{k} ({weights[k]:.0%})") for k in used]
+        handles.append(Line2D([], [], color="0.3", lw=2, label="2 sd of E[Sigma_k]"))
+        ax.legend(handles=handles, title="inferred component (weight)", fontsize=7, title_fontsize=8,
+                  loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
         fig.tight_layout()
         out = run_dir / "plots"
         return [save_figure(fig, out / "latent.png", dpi=110), training_curves(run_dir / "metrics.jsonl", out / "training.png")]
