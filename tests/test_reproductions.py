@@ -1,6 +1,7 @@
 """Issue 19: M2's eq. 9 weighting against a hand computation, the disjoint dSprites split, and reproductions.py."""
 import importlib.util
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def load_script(name):
     spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -114,3 +116,82 @@ def test_dsprites_test_split_is_disjoint_from_training_by_factor_index():
         assert len(np.unique(f_te[:, j])) == size
     with pytest.raises(ValueError, match="unknown split 'val'"):
         d.sample_factors(3, rng, "val")
+
+
+# ------------------------------------------------------------------ experiments/reproductions.py
+def _write(path: Path, obj) -> None:
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj))
+
+
+def _m2_results(m2, sup):
+    rows = [{"data": d, "seed": s, "m2_accuracy": a, "supervised_accuracy": b}
+            for d in ("mnist", "digits") for s, (a, b) in enumerate(zip(m2[d], sup[d]))]
+    return {"settings": {"steps": 10, "batch_size": 4, "hidden": [8], "latent_dim": 2, "weighting": "eq9",
+                         "alpha": 0.1}, "rows": rows}
+
+
+def test_reproductions_verdicts_follow_their_thresholds(tmp_path):
+    rep = load_script("reproductions")
+    # M2: reproduced when M2's mean beats the classifier's by more than one seed standard deviation on each set
+    _write(tmp_path / "semi_supervised_m2" / "results.json",
+           _m2_results({"mnist": [0.80, 0.84, 0.82], "digits": [0.90, 0.92, 0.91]},
+                       {"mnist": [0.75, 0.74, 0.76], "digits": [0.905, 0.91, 0.915]}))
+    (row,) = rep.build_rows(tmp_path, ["m2"])
+    # mnist: 0.82 - 0.75 = 0.07 > sd 0.02 holds; digits: 0.91 - 0.91 = 0 does not -> partly
+    assert row.verdict == "partly" and row.sources == ["semi_supervised_m2/results.json"]
+    assert "mnist: M2 82.0 % vs classifier 75.0 % (3 seeds)" in row.ours
+    _write(tmp_path / "semi_supervised_m2" / "results.json",
+           _m2_results({"mnist": [0.70, 0.72, 0.74], "digits": [0.80, 0.80, 0.80]},
+                       {"mnist": [0.75, 0.74, 0.76], "digits": [0.90, 0.90, 0.90]}))
+    assert rep.build_rows(tmp_path, ["m2"])[0].verdict == "not reproduced"
+    # the Ladder VAE: every layer active and an ELBO at least the bottom-up one's
+    lad = {"settings": {"data": "digits", "latent_dims": [4, 2], "hidden": [8, 4], "steps": 10, "warmup": 5},
+           "rows": [{"method": "ladder_vae", "variant": "sonderby", "active_units": [3, 1], "kl_per_layer": [2.0, 0.5],
+                     "elbo": -40.0},
+                    {"method": "hierarchical_vae", "variant": "sonderby", "active_units": [3, 0],
+                     "kl_per_layer": [2.5, 0.0], "elbo": -41.0}]}
+    _write(tmp_path / "ladder_depth" / "results.json", lad)
+    ladder, hier = rep.build_rows(tmp_path, ["ladder_vae", "hierarchical_vae"])
+    assert (ladder.verdict, hier.verdict) == ("reproduced", "reproduced")
+    assert "LVAE 3/1, bottom-up 3/0" in ladder.ours
+    lad["rows"][0]["elbo"] = -42.0
+    _write(tmp_path / "ladder_depth" / "results.json", lad)
+    assert rep.build_rows(tmp_path, ["ladder_vae"])[0].verdict == "partly"
+    assert rep.verdict([]) == "not reproduced" and rep.verdict([True, False]) == "partly"
+
+
+def test_reproductions_check_fails_on_a_missing_file_and_a_stale_table(tmp_path, capsys):
+    rep = load_script("reproductions")
+    methods = ["svae_gmm", "m2", "wae"]
+    (tmp_path / "svae").mkdir()
+    src = ROOT / "experiments" / "results" / "svae" / "gmm_eval_seed0.json"
+    (tmp_path / "svae" / "gmm_eval_seed0.json").write_text(src.read_text())
+    rows = rep.build_rows(tmp_path, methods)
+    assert [r.verdict for r in rows] == ["reproduced", "not tested", "not tested"]
+    # m2's file is named by its row, so the check fails until it exists
+    table = tmp_path / "REPRODUCTIONS.md"
+    table.write_text(rep.render(rows))
+    assert rep.check(rows, tmp_path, table) == ["m2: semi_supervised_m2/results.json is missing"]
+    _write(tmp_path / "semi_supervised_m2" / "results.json",
+           _m2_results({"mnist": [0.9], "digits": [0.9]}, {"mnist": [0.7], "digits": [0.7]}))
+    rows = rep.build_rows(tmp_path, methods)
+    assert rows[1].verdict == "reproduced"
+    problems = rep.check(rows, tmp_path, table)
+    assert len(problems) == 1 and "out of date" in problems[0]
+    table.write_text(rep.render(rows))
+    assert rep.check(rows, tmp_path, table) == []
+    # a results file the table cites disappears
+    (tmp_path / "svae" / "gmm_eval_seed0.json").unlink()
+    assert "svae_gmm: svae/gmm_eval_seed0.json is missing" in rep.check(rep.build_rows(tmp_path, methods), tmp_path,
+                                                                         table)
+
+
+def test_reproductions_table_lists_every_registered_method():
+    rep = load_script("reproductions")
+    rows = rep.build_rows()
+    assert [r.method for r in rows] == sorted(METHODS)
+    assert all(r.verdict in rep.VERDICTS for r in rows)
+    assert {m for m in METHODS if m not in rep.CLAIMS} == set()
