@@ -260,3 +260,16 @@ def test_a_factory_recorded_from_a_script_is_loaded_from_its_file():
     assert fn.__name__ == "build" and fn.__code__.co_filename == str(path)
     with pytest.raises(ValueError, match="is not importable and its file"):
         resolve_factory({"factory": "no_such_module_xyz:build", "file": "/nonexistent.py"})
+
+
+def test_evaluate_draws_one_progress_bar_per_metric_on_stderr(tmp_path, capsys):
+    from metaprior.evaluation.evaluate import evaluate_run
+
+    out = tmp_path / "p"
+    train(out, steps=2)
+    capsys.readouterr()
+    evaluate_run(load_run(out), "elbo,iwae,mig", num_examples=12, iwae_samples=30, overrides={"mig": {"num_train": 40}},
+                 progress=True)
+    err = capsys.readouterr().err
+    for name, total in (("elbo", 12), ("iwae", 12), ("mig", 1)):
+        assert f"{name}: 100%" in err and f"{total}/{total}" in err
