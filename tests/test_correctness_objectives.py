@@ -658,3 +658,28 @@ def test_iwae_bound_on_the_same_draws_and_against_the_closed_form_likelihood():
     se = w.std(1) / (w.mean(1) * math.sqrt(3000))  # delta-method standard error of L_K (K = 3000) per example
     assert bool(((truth - big).abs() < 5 * se + 1e-3).all()) and bool((big > elbo + 0.04).all())
     assert float(se.max()) < 0.05  # ... and the error is small enough to separate L_K from the ELBO
+
+
+def test_particles_average_and_the_monte_carlo_rate(digits):
+    """num_particles = 3 averages three single-particle objectives drawn in sequence (same RNG stream);
+    analytic_kl = false makes the rate log q(z|x) - log p(z) at the sampled z, by hand."""
+    pyro.set_rng_seed(0)
+    pair, _ = configure(METHODS["vae"], TINY).build(digits)
+    spread(pair)
+    x = torch.as_tensor(digits.batch(0, 8, 0))
+    pyro.set_rng_seed(4)
+    many = ELBO(beta=2.0, num_particles=3)(pair.model, pair.guide, x)
+    pyro.set_rng_seed(4)
+    singles = [ELBO(beta=2.0)(pair.model, pair.guide, x) for _ in range(3)]
+    assert close(many.loss, sum(r.loss for r in singles) / 3, rel=1e-6)
+    assert close(many.parts["distortion"], sum(r.parts["distortion"] for r in singles) / 3, rel=1e-6)
+    assert abs(float(singles[0].parts["distortion"] - singles[1].parts["distortion"])) > 1e-3  # distinct draws
+    pyro.set_rng_seed(5)
+    mc = ELBO(beta=2.0, analytic_kl=False)(pair.model, pair.guide, x)
+    z, loc, scale = gaussian_codes(mc)
+    log_q = (-0.5 * ((z - loc) / scale) ** 2 - torch.log(scale) - 0.5 * math.log(2 * math.pi)).sum(-1)
+    log_p = (-0.5 * z**2 - 0.5 * math.log(2 * math.pi)).sum(-1)
+    r = (log_q - log_p).mean()
+    assert close(mc.parts["rate"], r, rel=1e-5)
+    assert close(mc.loss, hand_distortion(pair, x, z) + 2.0 * r, rel=1e-5)
+    assert abs(float(r - hand_rate(loc, scale))) > 1e-3  # the sampled KL is not the analytic one
