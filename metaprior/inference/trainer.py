@@ -60,7 +60,8 @@ class TrainConfig:
     keeps ``checkpoints/best.ckpt`` and, with ``early_stopping`` = patience > 0, stops after that many
     validations without a new best (:mod:`~metaprior.inference.validation`). ``threads`` > 0 sets
     ``torch.set_num_threads`` (0: torch's default). ``validate`` is Pyro's argument checking
-    (``pyro.validation_enabled``), not a validation split.
+    (``pyro.validation_enabled``), not a validation split. ``logger`` ``"tensorboard"`` or ``"csv"`` mirrors
+    every metrics row to a Lightning Fabric logger under ``out/logs/`` (:mod:`~metaprior.inference.loggers`).
     """
 
     steps: int = 1000
@@ -87,6 +88,7 @@ class TrainConfig:
     val_samples: int = 100
     early_stopping: int = 0
     threads: int = 0
+    logger: str = "none"
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints", "devices"):
@@ -97,6 +99,10 @@ class TrainConfig:
             raise ValueError(f"lr (learning rate) must be a positive number, got {self.lr!r}")
         if self.grad_clip < 0:
             raise ValueError(f"grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
+        from .loggers import LOGGERS
+
+        if self.logger not in LOGGERS:
+            raise ValueError(f"logger must be one of {', '.join(LOGGERS)}, got {self.logger!r}")
         if self.device not in ("cpu", "cuda", "mps", "auto"):
             raise ValueError(f"device must be cpu, cuda, mps or auto, got {self.device!r}")
         for name in ("epochs", "val_every", "early_stopping", "threads"):
@@ -425,6 +431,9 @@ class Trainer:
         cfg, data = self.config, self.data
         n_data = int(data.num_examples)
         fh = open(self.out / "metrics.jsonl", "a") if (self.out is not None and self.fabric.is_global_zero) else None
+        if cfg.logger != "none":  # TensorBoard / CSV mirror of the rows (metaprior.inference.loggers)
+            from .loggers import attach
+            fh = attach(self, fh)
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not cfg.progress or not self.fabric.is_global_zero,
                    desc="train", dynamic_ncols=True, leave=False)
         last_good = checkpoints(self.out)[-1] if self.out is not None and checkpoints(self.out) else None

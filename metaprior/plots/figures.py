@@ -69,11 +69,17 @@ def _scatter(points: dict[str, np.ndarray], path, title: str) -> Path:
 
 
 @torch.no_grad()
-def reconstructions(pair, x: torch.Tensor, path, n: int = 8) -> Path:
-    """Inputs (top row) and the decoder means at the encoder means (bottom row)."""
+def reconstruction_batch(pair, x: torch.Tensor, n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` inputs and the decoder means at their encoder means."""
     x = x[:n]
     loc, _ = pair.encode(x)
-    xr = pair.decode(loc)
+    return x, pair.decode(loc)
+
+
+@torch.no_grad()
+def reconstructions(pair, x: torch.Tensor, path, n: int = 8) -> Path:
+    """Inputs (top row) and the decoder means at the encoder means (bottom row)."""
+    x, xr = reconstruction_batch(pair, x, n)
     if not _is_image(x.shape[1:]):
         return _scatter({"data": x.cpu().numpy(), "reconstruction": xr.cpu().numpy()}, path, "reconstructions")
     return image_grid(torch.cat([x, xr]), path, ncol=len(x), title="data (top) and reconstructions (bottom)")
@@ -81,6 +87,15 @@ def reconstructions(pair, x: torch.Tensor, path, n: int = 8) -> Path:
 
 @torch.no_grad()
 def prior_samples(pair, path, n: int = 64, seed: int = 0) -> Path:
+    """Decoder means at z ~ p(z) (:func:`prior_sample_batch`) as a grid."""
+    xs = prior_sample_batch(pair, n, seed)
+    if not _is_image(xs.shape[1:]):
+        return _scatter({"samples": xs.cpu().numpy()}, path, "decoded prior samples")
+    return image_grid(xs, path, title="decoded prior samples")
+
+
+@torch.no_grad()
+def prior_sample_batch(pair, n: int = 64, seed: int = 0) -> torch.Tensor:
     """Decoder means at z ~ p(z): the model's own prior (``pair.sample_prior(n, generator)`` when it has
     one, else a draw from ``pair.prior(n, like)``: mixture, flow, categorical x normal, ...), N(0, I)
     for a pair that declares neither."""
@@ -94,10 +109,7 @@ def prior_samples(pair, path, n: int = 64, seed: int = 0) -> Path:
             z = pair.prior(n, torch.zeros((), device=dev)).sample()
     else:
         z = torch.randn(n, pair.latent_dim, generator=g).to(dev)
-    xs = pair.decode(z)
-    if not _is_image(xs.shape[1:]):
-        return _scatter({"samples": xs.cpu().numpy()}, path, "decoded prior samples")
-    return image_grid(xs, path, title="decoded prior samples")
+    return pair.decode(z)
 
 
 @torch.no_grad()
@@ -108,6 +120,20 @@ def latent_traversals(pair, x: torch.Tensor, path, values: Sequence[float] = tup
     (most informative first): ``kl`` [D] when given (``metaprior plot`` passes the KL per dimension that its
     KL bars and latent scatter show, so every plot of a run names the same numbers), else the closed-form
     KL(q(z_d|x) || N(0, 1)) averaged over ``x``."""
+    rows, dims, kl = traversal_batch(pair, x, values, dims, kl)
+    if not _is_image(rows[0].shape[1:]):
+        return _scatter({f"z{d}": r.cpu().numpy() for d, r in list(zip(dims, rows))[:3]}, path, "latent traversals")
+    labels = [f"z{d} KL={float(kl[d]):.2f}" for d in dims]
+    return image_grid(torch.cat(rows), path, ncol=len(values), row_labels=labels,
+                      col_labels=[f"{v:+.1f}" for v in values], xlabel="value of the traversed dimension",
+                      title="latent traversals: one dimension varied, the others at the encoder mean of one input")
+
+
+@torch.no_grad()
+def traversal_batch(pair, x: torch.Tensor, values: Sequence[float] = tuple(np.linspace(-2, 2, 9)),
+                    dims: Sequence[int] | None = None, kl=None) -> tuple[list[torch.Tensor], list[int], torch.Tensor]:
+    """The rows of :func:`latent_traversals`: per dimension (most informative first, see there) the
+    decoder means [len(values), ...]; returns ``(rows, dims, kl)``."""
     loc, scale = pair.encode(x)
     if kl is None:
         kl = (0.5 * (loc**2 + scale**2 - 1) - torch.log(scale)).mean(0)
@@ -119,12 +145,7 @@ def latent_traversals(pair, x: torch.Tensor, path, values: Sequence[float] = tup
         z = base.repeat(len(values), 1)
         z[:, d] = torch.as_tensor(values, dtype=z.dtype, device=z.device)
         rows.append(pair.decode(z))
-    if not _is_image(rows[0].shape[1:]):
-        return _scatter({f"z{d}": r.cpu().numpy() for d, r in list(zip(dims, rows))[:3]}, path, "latent traversals")
-    labels = [f"z{d} KL={float(kl[d]):.2f}" for d in dims]
-    return image_grid(torch.cat(rows), path, ncol=len(values), row_labels=labels,
-                      col_labels=[f"{v:+.1f}" for v in values], xlabel="value of the traversed dimension",
-                      title="latent traversals: one dimension varied, the others at the encoder mean of one input")
+    return rows, dims, kl
 
 
 def _robust_ylim(v: np.ndarray) -> tuple[float, float] | None:
