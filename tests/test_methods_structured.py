@@ -91,7 +91,11 @@ def test_mixture_prior_log_density_and_monte_carlo_rate(digits):
     q, zs = res.context.latent("z").fn, res.context.latent("z").value
     mc = (q.log_prob(zs) - mix(16, x).log_prob(zs)).mean()
     assert float(res.parts["rate"]) == pytest.approx(float(mc.detach()), rel=1e-5)
-    assert 1.0 <= float(res.parts["clusters_used"]) <= 3.0 + 1e-5
+    # clusters_used = exp H(mean_b p(c | z_b)), the responsibilities by Bayes' rule by hand
+    log_joint = torch.stack([torch.log_softmax(mix.logits, -1)[k] + dist.Normal(mix.means[k], mix.scales[k]).log_prob(zs).sum(-1)
+                             for k in range(3)], -1)
+    r = torch.softmax(log_joint, -1).mean(0)
+    assert float(res.parts["clusters_used"]) == pytest.approx(float(torch.exp(-(r * r.log()).sum())), rel=1e-5)
     # the mixture's parameters are learned through the rate
     res.loss.backward()
     assert mix.means.grad.abs().sum() > 0 and mix.logits.grad.abs().sum() > 0
