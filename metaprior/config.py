@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 import typing
 
 
@@ -23,14 +24,30 @@ def coerce(value: str, typ, key: str):
                 raise ValueError(value)
             return int(f)
         if typ is float:
-            return float(value)
+            f = float(value)
+            if not math.isfinite(f):
+                raise ValueError(f"{key}={value!r} is not a finite number; give a finite value") from None
+            return f
         if origin is tuple:
             inner = typing.get_args(typ)[0]
             items = [s for s in str(value).replace("(", "").replace(")", "").split(",") if s.strip()]
             return tuple(coerce(s.strip(), inner, key) for s in items)
         return str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError) as e:
+        if "finite" in str(e):
+            raise
         raise ValueError(f"cannot read {key}={value!r} as {getattr(typ, '__name__', typ)}") from None
+
+
+def check_sizes(settings: dict, types: dict) -> None:
+    """Refuse a ``tuple[int, ...]`` setting (layer widths such as ``hidden``, latent sizes) holding an entry < 1,
+    naming the setting."""
+    for k, v in settings.items():
+        typ = types.get(k)
+        if typing.get_origin(typ) is tuple and typing.get_args(typ)[:1] == (int,) and isinstance(v, (tuple, list)):
+            if any(int(i) < 1 for i in v):
+                raise ValueError(f"{k}={','.join(map(str, v)) or '(empty)'}: every size must be a positive integer "
+                                 f"(e.g. --set {k}=400, or {k}=512,256 for two layers)")
 
 
 def coerce_options(fn, options: dict) -> dict:

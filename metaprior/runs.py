@@ -106,7 +106,13 @@ def load_run(path, device: str = "cpu", checkpoint: str | None = None) -> Run:
         state = torch.load(ckpt, map_location=device, weights_only=False)
         pair.load_state_dict(state["pair"])
     except Exception as e:  # noqa: BLE001
-        raise RuntimeError(f"cannot read checkpoint {ckpt}: {type(e).__name__}: {e}") from e
+        from .rundir import checkpoint_step
+
+        older = [p for p in ckpts if 0 <= checkpoint_step(p) < checkpoint_step(ckpt)]
+        hint = (f"delete it to fall back to {older[-1].name} (then `metaprior train --resume` redoes the steps "
+                "after it)" if older else "no older checkpoint exists: train the run again")
+        raise RuntimeError(f"cannot read checkpoint {ckpt} (unreadable or incomplete: {type(e).__name__}: {e}); "
+                           f"{hint}") from e
     if state.get("param_sites"):
         _restore_param_sites(pair, data, state["param_sites"])
     pair.to(device).eval()

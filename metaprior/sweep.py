@@ -137,12 +137,15 @@ def execute(run: Mapping[str, Any]) -> dict:
     import io
 
     from .cli import main
+    from .rundir import checkpoint_step, checkpoints
 
     run_dir = Path(run["out"])
     row = {k: run[k] for k in ("name", "out", "method", "settings", "seed")}
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        done = _last_row(run_dir).get("step") == run["steps"]
+        # finished = its final row and its final checkpoint (a row alone: killed before that checkpoint was written)
+        done = _last_row(run_dir).get("step") == run["steps"] and any(
+            checkpoint_step(p) >= run["steps"] for p in checkpoints(run_dir))
         code = 0
         if not done:
             resume = (run_dir / "config.json").exists()

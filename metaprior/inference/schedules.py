@@ -10,10 +10,13 @@ A schedule is a function of the (0-based) optimisation step. Three kinds:
   steps, then stay at ``value``.
 
 ``parse_schedule`` reads the command-line form: ``"4"``, ``"linear:4:1000"``
-(value 4 after 1000 steps) or ``"cyclic:4:500:0.5"``.
+(value 4 after 1000 steps) or ``"cyclic:4:500:0.5"``. A recipe's schedule setting whose value is
+another setting (``beta_schedule`` with ``beta``) has the form without the value, read by
+:func:`parse_warmup`: ``"constant"``, ``"linear:STEPS"``, ``"cyclic:PERIOD[:RATIO]"``.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Union
 
@@ -29,8 +32,8 @@ class Schedule:
 
 def _check_weight(value: float, what: str) -> float:
     value = float(value)
-    if value != value or value < 0:
-        raise ValueError(f"{what} must be a non-negative number, got {value}")
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{what} must be a finite non-negative number, got {value}")
     return value
 
 
@@ -132,3 +135,35 @@ def parse_schedule(spec: str) -> Schedule:
     raise ValueError(
         f"cannot read schedule {spec!r}; use a number, 'linear:VALUE:STEPS[:START]', 'cyclic:VALUE:PERIOD[:RATIO[:START]]' or 'until:VALUE:STEPS'"
     )
+
+
+WARMUP_FORMS = "'constant', 'linear:STEPS' or 'cyclic:PERIOD[:RATIO]'"
+
+
+def parse_warmup(spec: str, value: float, setting: str = "beta_schedule", value_setting: str = "beta") -> float | Schedule:
+    """The schedule of ``value`` that setting ``setting`` names: ``"constant"`` (``value`` itself),
+    ``"linear:STEPS"`` (0 to ``value`` over STEPS steps) or ``"cyclic:PERIOD[:RATIO]"`` (Fu et al. 2019).
+
+    ``value`` comes from its own setting (``value_setting``), so a spec that repeats it
+    (``"linear:4:1000"``, the :func:`parse_schedule` form) is refused, naming both settings."""
+    text = str(spec).strip()
+    if text == "constant":
+        return value
+    kind, _, rest = text.partition(":")
+    args = rest.split(":") if rest else []
+    hint = (f"{setting} must be {WARMUP_FORMS}, got {text!r}; its value is {value_setting} "
+            f"(e.g. --set {value_setting}=4 --set {setting}=linear:1000)")
+    if kind not in ("linear", "cyclic") or not args or len(args) > (1 if kind == "linear" else 2):
+        raise ValueError(hint)
+    try:
+        steps = float(args[0])
+        ratio = float(args[1]) if len(args) > 1 else 0.5
+    except ValueError:
+        raise ValueError(hint) from None
+    if steps != int(steps) or steps < 1:
+        raise ValueError(f"{setting}: the {'warm-up steps' if kind == 'linear' else 'period'} must be a whole "
+                         f"number >= 1, got {args[0]!r} (in {text!r})")
+    try:
+        return LinearWarmup(value, int(steps)) if kind == "linear" else Cyclic(value, int(steps), ratio)
+    except ValueError as e:
+        raise ValueError(f"{setting}={text!r}: {e}") from None

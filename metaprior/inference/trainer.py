@@ -20,11 +20,10 @@ stepped after each main step with the step's traces; extra ones can be passed in
 """
 from __future__ import annotations
 
+import io
 import json
-import os
 import platform
 import random
-import re
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -37,15 +36,9 @@ import torch
 from pyro import poutine
 from torch import nn
 
+from ..rundir import (CheckpointError, DiskFull, RunDir, TrainingError, checkpoint_step,  # noqa: F401
+                      checkpoints, write_bytes)
 from .elbo import ELBO, NonFiniteLoss, TermContext, check_finite
-
-
-class TrainingError(RuntimeError):
-    """Training stopped: a non-finite loss, or a checkpoint that cannot be used."""
-
-
-class CheckpointError(TrainingError):
-    pass
 
 
 @dataclass
@@ -193,15 +186,7 @@ def _numpy_state_from_torch(d: dict):
     return (d["name"], d["keys"].numpy().astype(np.uint32), d["pos"], d["has_gauss"], d["cached"])
 
 
-def _ckpt_step(path: Path) -> int:
-    m = re.fullmatch(r"step_(\d+)\.ckpt", path.name)
-    return int(m.group(1)) if m else -1
-
-
-def checkpoints(out: Path) -> list[Path]:
-    """Checkpoint files of a run directory, oldest first."""
-    d = Path(out) / "checkpoints"
-    return sorted((p for p in d.glob("step_*.ckpt") if _ckpt_step(p) >= 0), key=_ckpt_step) if d.is_dir() else []
+_ckpt_step = checkpoint_step  # (the run directory's code lives in metaprior.rundir)
 
 
 class Trainer:
@@ -315,16 +300,21 @@ class Trainer:
     def save_checkpoint(self, name: str | None = None) -> Path:
         """Write ``checkpoints/step_NNNNNNN.ckpt`` (keeping the newest ``keep_checkpoints``), or ``name``
         (e.g. ``best.ckpt``, kept apart from the rotation)."""
-        d = self.out / "checkpoints"
-        d.mkdir(parents=True, exist_ok=True)
-        path = d / (name or f"step_{self.step:07d}.ckpt")
-        tmp = d / f".{path.name}.tmp"
-        self.fabric.save(tmp, self._state())
+        # Fabric's conversion of modules/optimizers to state dicts, then one atomic write in checkpoints/
+        # (fabric.save's fsspec transaction stages the file in $TMPDIR, where a kill leaves it behind).
+        strategy = self.fabric.strategy
+        state = {k: (strategy.get_module_state_dict(v) if isinstance(v, nn.Module)
+                     else strategy.get_optimizer_state(v) if isinstance(v, torch.optim.Optimizer) else v)
+                 for k, v in self._state().items()}
+        path = self.out / "checkpoints" / (name or f"step_{self.step:07d}.ckpt")
         if self.fabric.is_global_zero:
-            os.replace(tmp, path)
+            buf = io.BytesIO()
+            torch.save(state, buf)
             if name is None:
-                for old in checkpoints(self.out)[: -self.config.keep_checkpoints]:
-                    old.unlink()
+                path = self._run.save_checkpoint(self.step, buf.getvalue(), self.config.keep_checkpoints)
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_bytes(path, buf.getvalue())
         self.fabric.barrier()
         return path
 
@@ -368,36 +358,20 @@ class Trainer:
             if resume:
                 raise CheckpointError("resume needs a run directory (out=...)")
             return None
-        cfg_path = self.out / "config.json"
-        if resume:
-            ckpts = checkpoints(self.out)
-            if not ckpts:
-                raise CheckpointError(f"no checkpoint to resume from in {self.out / 'checkpoints'}; train without --resume")
-            return ckpts[-1]
-        if self.out.exists() and (cfg_path.exists() or checkpoints(self.out)):
-            raise TrainingError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
-        self.out.mkdir(parents=True, exist_ok=True)
-        if self.fabric.is_global_zero:
-            cfg_path.write_text(json.dumps(self._config_record(), indent=2, default=str) + "\n")
-            (self.out / "metrics.jsonl").write_text("")
-        return None
+        # lock, clean temp files, refuse (leaving the directory as it was) or write config.json + an empty log
+        self._run = RunDir(self.out, writer=self.fabric.is_global_zero)
+        return self._run.open(resume, self._config_record())
 
     def _truncate_metrics(self) -> None:
-        path = self.out / "metrics.jsonl"
-        if not path.exists() or not self.fabric.is_global_zero:
-            return
-        keep = []
-        for line in path.read_text().splitlines():
-            try:
-                step = json.loads(line)["step"]
-                # rows at the checkpoint's step were written before it when its accumulator is empty
-                # (on the log grid, an early stop, a validation row); else they are re-averaged
-                if step < self.step or (step == self.step and (step % self.config.log_every == 0 or self._acc_n == 0
-                                                               or "val_metric" in line)):
-                    keep.append(line)
-            except (ValueError, KeyError):
-                break  # a torn last line from a crash
-        path.write_text("".join(k + "\n" for k in keep))
+        """Rows after the checkpoint go (see :meth:`RunDir.rewind_metrics`; validation rows at its step stay);
+        a finished run keeps its final row, and one whose final row was lost gets it back from the accumulator."""
+        kept = self._run.rewind_metrics(self.step, self._acc_n, self.config.steps,
+                                        keep_at_step=lambda row: "val_metric" in row)
+        train_rows = [r for r in kept if "val_metric" not in r]
+        if train_rows:
+            self.last_metrics = train_rows[-1]
+        self._final_row_missing = (self.step >= self.config.steps and self._acc_n > 0
+                                   and not (train_rows and train_rows[-1]["step"] == self.step))
 
     def _log(self, fh) -> None:
         if not self._acc_n:
@@ -414,23 +388,28 @@ class Trainer:
     def fit(self, resume: bool = False) -> dict[str, float]:
         """Train to ``config.steps`` (continuing a checkpointed run when ``resume``); returns the last logged row."""
         cfg = self.config
-        ckpt = self._prepare_out(resume)
+        self._final_row_missing = False
         pyro.set_rng_seed(cfg.seed)
         with pyro.validation_enabled(cfg.validate):
             if not self._setup_done:
-                self._setup()
-            if ckpt is not None:
-                self.load_checkpoint(ckpt)
-                self._truncate_metrics()
-            self._t0 = time.time()
-            return self._loop()
+                self._setup()  # a batch size the data cannot give is refused before the run directory is touched
+            ckpt = self._prepare_out(resume)
+            try:
+                if ckpt is not None:
+                    self.load_checkpoint(ckpt)
+                    self._truncate_metrics()
+                self._t0 = time.time()
+                return self._loop()
+            finally:
+                if self.out is not None:
+                    self._run.close()
 
     def _loop(self) -> dict[str, float]:
         from tqdm.auto import tqdm
 
         cfg, data = self.config, self.data
         n_data = int(data.num_examples)
-        fh = open(self.out / "metrics.jsonl", "a") if (self.out is not None and self.fabric.is_global_zero) else None
+        fh = self._run.metrics_log() if self.out is not None else None  # None on the non-zero ranks
         if cfg.logger != "none":  # TensorBoard / CSV mirror of the rows (metaprior.inference.loggers)
             from .loggers import attach
             fh = attach(self, fh)
@@ -438,6 +417,9 @@ class Trainer:
                    desc="train", dynamic_ncols=True, leave=False)
         last_good = checkpoints(self.out)[-1] if self.out is not None and checkpoints(self.out) else None
         try:
+            if self._final_row_missing:  # a finished run stopped between its final checkpoint and final row
+                self._acc = {k: float(v) for k, v in self._acc.items()}
+                self._log(fh)
             while self.step < cfg.steps and not any(getattr(c, "stopped", False) for c in self.callbacks):
                 batch = self._batch(self.step)
                 loss = self._module(batch, self.step, n_data)
@@ -447,7 +429,8 @@ class Trainer:
                         check_finite(parts, self.step)
                         raise NonFiniteLoss(self.step, "loss", {k: float(v) for k, v in parts.items()})
                     except NonFiniteLoss as e:
-                        where = f"; the last good checkpoint is {last_good}" if last_good else "; no checkpoint was written yet"
+                        where = (f"; the last good checkpoint is {last_good}" if last_good else
+                                 "; no checkpoint was written yet (the same command starts the run again)")
                         raise TrainingError(f"{e}{where}. Lower the learning rate, check the data, or enable grad_clip") from e
                 self._opt.zero_grad(set_to_none=True)
                 self.fabric.backward(loss)
@@ -491,6 +474,10 @@ class Trainer:
                 if (on_grid or self.step == cfg.steps) and self.last_metrics:
                     m = self.last_metrics
                     bar.set_postfix(loss=f"{m['loss']:.2f}", R=f"{m['rate']:.2f}", D=f"{m['distortion']:.2f}")
+        except DiskFull as e:
+            kept = f"checkpoints up to {last_good.name}" if last_good else "no checkpoint yet"
+            raise TrainingError(f"{e}. The run in {self.out} is intact ({kept}, metrics rows up to the last one "
+                                f"written): free at least {e.needed:,} bytes there and {self._run.resume_hint()}") from e
         finally:
             bar.close()
             if fh is not None:

@@ -13,9 +13,10 @@ from typing import Any, Mapping
 
 from torch import nn
 
+from ..config import check_sizes
 from ..config import coerce as _coerce
 from ..inference.elbo import ELBO
-from ..inference.schedules import Schedule, parse_schedule
+from ..inference.schedules import Schedule, parse_warmup
 from ..models.likelihoods import LIKELIHOODS, make_likelihood
 from ..models.vae import VAE
 from ..nets.conv import NETS, build_encoder_decoder
@@ -51,8 +52,8 @@ class GaussianVAE:
     def __post_init__(self):
         if self.latent_dim < 1:
             raise ValueError(f"latent_dim must be >= 1, got {self.latent_dim}")
-        if not self.beta >= 0:
-            raise ValueError(f"beta must be >= 0, got {self.beta}")
+        if not (self.beta >= 0 and self.beta != float("inf")):
+            raise ValueError(f"beta must be >= 0 and finite, got {self.beta}")
         if self.likelihood not in LIKELIHOODS:
             raise ValueError(f"unknown likelihood {self.likelihood!r}; valid: {', '.join(LIKELIHOODS)}")
         if self.net not in NETS:
@@ -70,13 +71,7 @@ class GaussianVAE:
                 raise ValueError(f"iwae_gradient must be one of {', '.join(GRADIENTS)}, got {self.iwae_gradient!r}")
 
     def beta_weight(self) -> float | Schedule:
-        spec = self.beta_schedule.strip()
-        if spec == "constant":
-            return self.beta
-        kind, _, rest = spec.partition(":")
-        if kind not in ("linear", "cyclic") or not rest:
-            raise ValueError(f"beta_schedule must be 'constant', 'linear:STEPS' or 'cyclic:PERIOD[:RATIO]', got {spec!r}")
-        return parse_schedule(f"{kind}:{self.beta}:{rest}")
+        return parse_warmup(self.beta_schedule, self.beta, "beta_schedule", "beta")
 
     def prepare_data(self, data):
         """The data set the method trains on, built from the loaded one (the CLI and :func:`~metaprior.runs.load_run`
@@ -124,4 +119,5 @@ def configure(cls, overrides: Mapping[str, Any]):
     kwargs = {k: (_coerce(v, types[k], k) if isinstance(v, str) else v) for k, v in overrides.items()}
     if "hidden" in kwargs and isinstance(kwargs["hidden"], list):
         kwargs["hidden"] = tuple(kwargs["hidden"])
+    check_sizes(kwargs, types)  # hidden=0 etc., named here rather than by the network built later
     return cls(**kwargs)

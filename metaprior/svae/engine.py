@@ -24,8 +24,6 @@ exactly where an uninterrupted one does.
 from __future__ import annotations
 
 import functools
-import json
-import os
 import pickle
 import time
 from dataclasses import asdict
@@ -36,6 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from metaprior.rundir import CheckpointError, DiskFull, RunDir, TrainingError, checkpoint_step, checkpoints
+from metaprior.svae.expfam import check_dirichlet, check_niw_natural
 from metaprior.svae.nets import to_numpy
 
 __all__ = ["SVAEResult", "train", "load_checkpoint", "save_checkpoint", "latest_state", "constant_state",
@@ -106,49 +106,33 @@ def _own(tree):
     return jax.tree_util.tree_map(lambda a: jnp.array(a, copy=True), tree)
 
 
-def _errors():
-    from metaprior.inference.trainer import CheckpointError, TrainingError, checkpoints
-
-    return TrainingError, CheckpointError, checkpoints
-
-
 def save_checkpoint(out: Path, step: int, state, acc, acc_n: int, keep: int) -> Path:
-    """Pickle ``{"format", "step", "state", "acc", "acc_n"}`` to ``out/checkpoints/step_NNNNNNN.ckpt``."""
-    _, _, checkpoints = _errors()
-    d = Path(out) / "checkpoints"
-    d.mkdir(parents=True, exist_ok=True)
-    path = d / f"step_{step:07d}.ckpt"
-    tmp = d / f".{path.name}.tmp"
+    """Pickle ``{"format", "step", "state", "acc", "acc_n"}`` to ``out/checkpoints/step_NNNNNNN.ckpt``
+    (atomically: :meth:`metaprior.rundir.RunDir.save_checkpoint`)."""
     blob = {"format": CKPT_FORMAT, "step": int(step), "state": to_numpy(state),
             "acc": np.asarray(acc), "acc_n": int(acc_n)}
-    with open(tmp, "wb") as fh:
-        pickle.dump(blob, fh, protocol=pickle.HIGHEST_PROTOCOL)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    for old in checkpoints(out)[:-keep]:
-        old.unlink()
-    return path
+    return RunDir(out).save_checkpoint(step, pickle.dumps(blob, protocol=pickle.HIGHEST_PROTOCOL), keep)
 
 
 def load_checkpoint(path: Path) -> dict:
     """Read a checkpoint written by :func:`save_checkpoint`; arrays come back as ``jax`` arrays."""
-    _, CheckpointError, _ = _errors()
+    path = Path(path)
     try:
         with open(path, "rb") as fh:
             blob = pickle.load(fh)
         if blob.get("format") != CKPT_FORMAT:
             raise ValueError(f"unknown checkpoint format {blob.get('format')!r}")
     except Exception as e:  # noqa: BLE001 -- any failure means the file is unusable
-        raise CheckpointError(f"cannot read checkpoint {path} ({type(e).__name__}: {e}); delete it to resume "
-                              "from an older one, or start afresh without --resume") from e
+        older = [p for p in checkpoints(path.parent.parent) if checkpoint_step(p) < checkpoint_step(path)]
+        hint = f"delete it to resume from {older[-1].name}" if older else "start afresh without --resume"
+        raise CheckpointError(f"cannot read checkpoint {path} (unreadable or incomplete: {type(e).__name__}: "
+                              f"{str(e).strip()[:160]}); {hint}") from e
     blob["state"] = jax.tree_util.tree_map(jnp.asarray, blob["state"])
     return blob
 
 
 def latest_state(run_dir) -> tuple[Any, int]:
     """``(state, step)`` of the newest checkpoint of a run directory."""
-    _, _, checkpoints = _errors()
     ckpts = checkpoints(Path(run_dir))
     if not ckpts:
         raise FileNotFoundError(f"{Path(run_dir) / 'checkpoints'} holds no checkpoint; the run has not saved any yet")
@@ -164,19 +148,59 @@ def _versions() -> dict:
     return {**versions(), "jax": jax.__version__, "numpyro": numpyro.__version__}
 
 
-def _truncate_metrics(out: Path, step: int, log_every: int) -> None:
-    path = out / "metrics.jsonl"
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            s = json.loads(line)["step"]
-        except (ValueError, KeyError):
-            break  # a torn last line from a crash
-        if s < step or (s == step and s % log_every == 0):
-            keep.append(line)
-    path.write_text("".join(k + "\n" for k in keep))
+# -- values no valid run gives -------------------------------------------------------------
+
+#: the logged terms that are KL divergences (never negative)
+KL_TERMS = ("rate", "kl_local", "kl_global")
+#: how far below zero (nats per example) a KL term may fall by float32 rounding: healthy runs stay
+#: above -2e-6 (SLDS kl_global at the prior) and well above 0 otherwise; broken ones reach -1e5
+KL_TOLERANCE = 1e-2
+
+
+def _bad_terms(names, vec, n: int) -> list[tuple[str, float, str]]:
+    """The terms of ``vec`` (sums over ``n`` steps) no valid run gives, as ``(name, mean, why)``: non-finite
+    ones, and KL terms below zero. The KL parts come before their sums (``rate``, ``loss``, ``elbo``)."""
+    bad = []
+    for k, v in zip(names, np.asarray(vec, np.float64)):
+        if not np.isfinite(v):
+            bad.append((k, float(v), "non-finite"))
+        elif k in KL_TERMS and v < -KL_TOLERANCE * n:
+            bad.append((k, float(v) / n, "a KL divergence is never negative"))
+    last = ("rate", "elbo", "loss")
+    return sorted(bad, key=lambda b: last.index(b[0]) + 1 if b[0] in last else 0)
+
+
+def _describe(bad) -> str:
+    shown = ", ".join(f"{k}={v:.6g}" for k, v, _ in bad)
+    return f"in term {bad[0][0]!r} ({shown}: {'; '.join(dict.fromkeys(w for _, _, w in bad))})"
+
+
+def _check_dirichlet_natural(eta):
+    check_dirichlet(np.asarray(eta, np.float64) + 1.0)
+
+
+#: validity checks of the conjugate global factors, by their key in ``state["globals"]``
+#: (GMM: "dirichlet" weights and "niw" components; SLDS/HMM: "init" and "trans" Dirichlets)
+GLOBAL_CHECKS = {"niw": lambda v: check_niw_natural(*(np.asarray(a, np.float64) for a in v)), "dirichlet": _check_dirichlet_natural,
+                 "init": _check_dirichlet_natural, "trans": _check_dirichlet_natural}
+
+
+def state_problem(state) -> str | None:
+    """What makes ``state`` impossible, or None: a non-finite array (named by its path), or a global
+    factor that is no valid distribution (:data:`GLOBAL_CHECKS`, e.g. a non-positive-definite NIW scale)."""
+    leaves, _ = jax.tree_util.tree_flatten_with_path(state)
+    for path, leaf in leaves:
+        a = np.asarray(leaf)
+        if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
+            return f"state {jax.tree_util.keystr(path)} holds non-finite values"
+    glob = state.get("globals", {}) if isinstance(state, Mapping) else {}
+    for key, check in GLOBAL_CHECKS.items():
+        if isinstance(glob, Mapping) and key in glob:
+            try:
+                check(jax.tree_util.tree_map(np.asarray, glob[key]))
+            except ValueError as e:
+                return f"global factor {key!r} is not a valid distribution ({e})"
+    return None
 
 
 def train(spec, data, config, out=None, record: Mapping[str, Any] | None = None, resume: bool = False,
@@ -184,68 +208,102 @@ def train(spec, data, config, out=None, record: Mapping[str, Any] | None = None,
     """Train ``spec`` on ``data`` for ``config.steps`` steps (a ``TrainConfig``-like object).
 
     Uses ``config.steps, batch_size, lr, seed, log_every, checkpoint_every, keep_checkpoints,
-    progress``. With ``out`` the run directory is written (and, with ``resume``, continued
-    from its newest checkpoint); without it training happens in memory. ``state`` overrides
-    the initial state (``spec.init_state(PRNGKey(seed), sample)`` otherwise).
+    progress``. With ``out`` the run directory is written (:class:`metaprior.rundir.RunDir`: locked,
+    atomic files; with ``resume``, continued from its newest checkpoint); without it training
+    happens in memory. ``state`` overrides the initial state (``spec.init_state(PRNGKey(seed),
+    sample)`` otherwise).
+
+    The run stops with :class:`TrainingError` on a value no valid run gives (a non-finite term,
+    a negative KL term, a non-finite state or a global factor that is no distribution), naming
+    the first step and term that did it: terms are checked at each row and checkpoint, and a
+    failure replays the steps since the last checkpoint one at a time to find the first. A
+    checkpoint is written only of a state that passes these checks.
     """
-    TrainingError, CheckpointError, checkpoints = _errors()
     cfg = config
     out = Path(out) if out is not None else None
     num_data = int(data.num_examples)
     if cfg.batch_size > num_data:
         raise ValueError(f"batch_size {cfg.batch_size} exceeds the {num_data} training examples; lower batch_size")
+    if resume and out is None:
+        raise CheckpointError("resume needs a run directory (out=...)")
+    run = None
+    if out is not None:
+        run = RunDir(out)
+        ckpt = run.open(resume, {**dict(record or {}), "train": asdict(cfg), "versions": _versions()})
+    try:
+        return _train(spec, data, cfg, run, ckpt if run is not None else None, state)
+    finally:
+        if run is not None:
+            run.close()
+
+
+def _initial_sample(data, cfg, num_data):
+    return np.ascontiguousarray(data.batch(0, min(num_data, max(cfg.batch_size, 1024)), cfg.seed), dtype=np.float32)
+
+
+def _train(spec, data, cfg, run, ckpt, state) -> SVAEResult:
+    out = run.path if run is not None else None
+    num_data = int(data.num_examples)
     names = tuple(spec.metric_names)
     acc = jnp.zeros((len(names),), jnp.float32)
     acc_n, step = 0, 0
-    if resume:
-        if out is None:
-            raise CheckpointError("resume needs a run directory (out=...)")
-        ckpts = checkpoints(out)
-        if not ckpts:
-            raise CheckpointError(f"no checkpoint to resume from in {out / 'checkpoints'}; train without --resume")
-        blob = load_checkpoint(ckpts[-1])
+    last: dict = {}
+    final_missing = False
+    if ckpt is not None:
+        blob = load_checkpoint(ckpt)
         state, step, acc, acc_n = blob["state"], blob["step"], jnp.asarray(blob["acc"]), blob["acc_n"]
-        _truncate_metrics(out, step, cfg.log_every)
-    else:
-        if out is not None:
-            if out.exists() and ((out / "config.json").exists() or checkpoints(out)):
-                raise TrainingError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-            out.mkdir(parents=True, exist_ok=True)
-            rec = {**dict(record or {}), "train": asdict(cfg), "versions": _versions()}
-            (out / "config.json").write_text(json.dumps(rec, indent=2, default=str) + "\n")
-            (out / "metrics.jsonl").write_text("")
-        if state is None:
-            x0 = np.ascontiguousarray(data.batch(0, min(num_data, max(cfg.batch_size, 1024)), cfg.seed), dtype=np.float32)
-            state = spec.init_state(jax.random.PRNGKey(cfg.seed), x0)
+        kept = run.rewind_metrics(step, acc_n, cfg.steps)
+        if kept:
+            last = kept[-1]
+        final_missing = step >= cfg.steps and acc_n > 0 and not (kept and kept[-1]["step"] == step)
+    elif state is None:
+        state = spec.init_state(jax.random.PRNGKey(cfg.seed), _initial_sample(data, cfg, num_data))
+    origin = (step, to_numpy(full_state(spec, state)))  # where a failure's replay starts (moves with each checkpoint)
     state, acc = _own(carried_state(spec, state)), _own(acc)
     base_key = jax.random.PRNGKey(cfg.seed)
     lr, n_arr = jnp.float32(cfg.lr), jnp.float32(num_data)
-    last: dict = {}
-    last_good = checkpoints(out)[-1] if out is not None and checkpoints(out) else None
-    fh = open(out / "metrics.jsonl", "a") if out is not None else None
+    last_good = ckpt
+    refit_at = int(getattr(spec, "refit_step", 0) or 0)
+
+    def batch_and_key(t, st):
+        if refit_at and t == refit_at:  # a one-off re-initialization (e.g. the SLDS dynamics)
+            st = _own(carried_state(spec, spec.refit(full_state(spec, st), _initial_sample(data, cfg, num_data))))
+        x = np.ascontiguousarray(data.batch(t, cfg.batch_size, cfg.seed), dtype=np.float32)
+        return st, x, jax.random.fold_in(base_key, t)
+
+    def stop(problem: str, upto: int):
+        """Replay the steps from the last checkpoint (or the start) to ``upto`` one at a time; raise naming the first bad one."""
+        t0, st_np = origin
+        st = _own(carried_state(spec, jax.tree_util.tree_map(jnp.asarray, st_np)))
+        what = f"{problem} between steps {t0} and {upto}"
+        for t in range(t0, upto):
+            st, x, key = batch_and_key(t, st)
+            st, vec = _step(spec, st, jnp.zeros((len(names),), jnp.float32), x, key, lr, n_arr)
+            bad = _bad_terms(names, np.asarray(vec), 1)
+            if bad:
+                what = f"at step {t} {_describe(bad)}"
+                break
+            sp = state_problem(full_state(spec, st))
+            if sp:
+                what = f"at step {t}: the update made the {sp}"
+                break
+        where = (f"; the last good checkpoint is {last_good}" if last_good else
+                 "; no checkpoint was written yet (the same command starts the run again)")
+        raise TrainingError(f"the SVAE run became invalid {what}{where}. Lower lr or natgrad_step, or check the data")
+
+    fh = run.metrics_log() if run is not None else None
     bar = None
     if cfg.progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg.steps, initial=step, desc="train (svae)", dynamic_ncols=True, leave=False)
     t0 = time.time()
-
-    def check(acc_np):
-        if not np.all(np.isfinite(acc_np)):
-            bad = {k: float(v) for k, v in zip(names, acc_np)}
-            where = f"; the last good checkpoint is {last_good}" if last_good else "; no checkpoint was written yet"
-            raise TrainingError(f"non-finite loss terms {bad} between steps {step - acc_n} and {step}{where}. "
-                                "Lower lr or natgrad_step, or check the data")
-
-    refit_at = int(getattr(spec, "refit_step", 0) or 0)
     try:
+        if final_missing:  # a finished run stopped between its final checkpoint and its final row
+            last = _row(step, names, np.asarray(acc), acc_n, t0)
+            fh.append(last)
         while step < cfg.steps:
-            if refit_at and step == refit_at:  # a one-off re-initialization (e.g. the SLDS dynamics)
-                sample = np.ascontiguousarray(data.batch(0, min(num_data, max(cfg.batch_size, 1024)), cfg.seed),
-                                              dtype=np.float32)
-                state = _own(carried_state(spec, spec.refit(full_state(spec, state), sample)))
-            x = np.ascontiguousarray(data.batch(step, cfg.batch_size, cfg.seed), dtype=np.float32)
-            key = jax.random.fold_in(base_key, step)
+            state, x, key = batch_and_key(step, state)
             state, acc = _step(spec, state, acc, x, key, lr, n_arr)
             step += 1
             acc_n += 1
@@ -255,22 +313,38 @@ def train(spec, data, config, out=None, record: Mapping[str, Any] | None = None,
             ckpt_now = out is not None and (step % cfg.checkpoint_every == 0 or step == cfg.steps)
             if on_grid or ckpt_now or step == cfg.steps:
                 acc_np = np.array(acc)   # a copy: acc's buffer is donated to the next step
-                check(acc_np)
+                bad = _bad_terms(names, acc_np, acc_n)
+                if bad:
+                    stop(_describe(bad), step)
+                sp = state_problem({"globals": state["globals"]} if "globals" in state else {})
+                if sp:
+                    stop(sp, step)
             if on_grid:
                 last = _row(step, names, acc_np, acc_n, t0)
                 if fh is not None:
-                    fh.write(json.dumps(last) + "\n")
-                    fh.flush()
+                    fh.append(last)
                 acc, acc_n = jnp.zeros_like(acc), 0
                 if bar is not None:
                     bar.set_postfix(loss=f"{last['loss']:.3f}", R=f"{last['rate']:.3f}", D=f"{last['distortion']:.3f}")
             # A checkpoint holds the accumulator of the steps since the last row (as the Pyro trainer).
             if ckpt_now:
-                last_good = save_checkpoint(out, step, full_state(spec, state), acc, acc_n, cfg.keep_checkpoints)
+                full_np = to_numpy(full_state(spec, state))
+                sp = state_problem(full_np)
+                if sp:
+                    stop(sp, step)
+                blob = {"format": CKPT_FORMAT, "step": int(step), "state": full_np, "acc": np.asarray(acc),
+                        "acc_n": int(acc_n)}
+                last_good = run.save_checkpoint(step, pickle.dumps(blob, protocol=pickle.HIGHEST_PROTOCOL),
+                                                cfg.keep_checkpoints)
+                origin = (step, full_np)
             if step == cfg.steps and acc_n:
                 last = _row(step, names, np.asarray(acc), acc_n, t0)
                 if fh is not None:
-                    fh.write(json.dumps(last) + "\n")
+                    fh.append(last)
+    except DiskFull as e:
+        kept = f"checkpoints up to {last_good.name}" if last_good else "no checkpoint yet"
+        raise TrainingError(f"{e}. The run in {out} is intact ({kept}, metrics rows up to the last one written): "
+                            f"free at least {e.needed:,} bytes there and {run.resume_hint()}") from e
     finally:
         if bar is not None:
             bar.close()
