@@ -65,6 +65,8 @@ def cmd_train(args) -> int:
     from .runs import load_data, method_record
 
     out = Path(args.out)
+    if args.steps is not None and args.epochs is not None:
+        raise ValueError("give --steps or --epochs, not both")
     if args.resume:
         cfg_path = out / "config.json"
         if not cfg_path.exists():
@@ -78,7 +80,9 @@ def cmd_train(args) -> int:
         data_spec = record["data"]
         train_kwargs = dict(record["train"])
         if args.steps is not None:
-            train_kwargs["steps"] = args.steps
+            train_kwargs.update(steps=args.steps, epochs=0)
+        if args.epochs is not None:
+            train_kwargs["epochs"] = args.epochs
         if args.device is not None:
             train_kwargs["device"] = args.device
         if args.no_progress:
@@ -98,6 +102,8 @@ def cmd_train(args) -> int:
         train_kwargs = {k: _coerce(v, ttypes[k], k) for k, v in train_settings.items()}
         train_kwargs.update(steps=args.steps if args.steps is not None else 1000, seed=args.seed,
                             device=args.device or "cpu", progress=not args.no_progress)
+        if args.epochs is not None:
+            train_kwargs["epochs"] = args.epochs
         train_cfg = TrainConfig(**train_kwargs)
     data = load_data(data_spec)
     pyro.set_rng_seed(train_cfg.seed)
@@ -290,7 +296,14 @@ def cmd_evaluate(args) -> int:
     if args.num_examples < 1 or args.iwae_samples < 1:
         raise ValueError("--num-examples and --iwae-samples must be >= 1")
     overrides = parse_overrides(args.set)
-    run = load_run(args.run, device=args.device)
+    run = load_run(args.run, device=args.device, checkpoint=_checkpoint_path(Path(args.run), args.checkpoint))
+    from .data.splits import heldout_view
+
+    run.data = heldout_view(run.data, args.split, args.test_data, run.record.get("data", {}).get("options", {}))
+    k = getattr(run.data, "heldout_settings", {}).get("train_overlap", 0)
+    if k:
+        print(f"metaprior: warning: {k} of the {run.data.heldout_settings['split_size']} held-out examples are also "
+              "training examples (recorded as train_overlap in eval.json)", file=sys.stderr)
     log = (lambda msg: print(msg, file=sys.stderr)) if args.verbose else None
     new = evaluate_run(run, metrics, preset=args.preset, overrides=overrides, seed=args.seed, device=args.device,
                        num_examples=args.num_examples, iwae_samples=args.iwae_samples, out_dir=Path(args.run), log=log,
@@ -301,6 +314,65 @@ def cmd_evaluate(args) -> int:
     print(json.dumps({k: (round(v["value"], 4) if isinstance(v["value"], float) else v["value"])
                       for k, v in results.items()}, indent=2))
     return 0
+
+
+def _checkpoint_path(run_dir: Path, which: str) -> str | None:
+    """``--checkpoint`` as a path for :func:`~metaprior.runs.load_run`: None for last, best.ckpt, or a step's file."""
+    which = str(which).strip()
+    d = run_dir / "checkpoints"
+    if which == "last":
+        return None
+    if which == "best":
+        if not (d / "best.ckpt").is_file():
+            raise FileNotFoundError(f"{d / 'best.ckpt'} does not exist: the run kept no best checkpoint (train with "
+                                    "--set val_every=N to validate and keep one); use --checkpoint last")
+        return str(d / "best.ckpt")
+    if not which.isdigit():
+        raise ValueError(f"--checkpoint must be best, last or a step number, got {which!r}")
+    path = d / f"step_{int(which):07d}.ckpt"
+    if not path.is_file():
+        have = sorted(p.name for p in d.glob("*.ckpt")) if d.is_dir() else []
+        raise FileNotFoundError(f"no checkpoint for step {int(which)} in {d}; there are: {', '.join(have) or 'none'}")
+    return str(path)
+
+
+class _TrainHelp(argparse.Action):
+    """``train --help``: the usual help, then every ``--set`` key (training settings and the method settings
+    of the plain VAE recipe, with defaults), computed only when asked (it imports torch)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from dataclasses import MISSING, fields
+
+        from .inference.trainer import TrainConfig
+        from .methods.base import GaussianVAE
+
+        notes = {"validate": "Pyro's argument checking, not a validation split", "epochs": "0: use --steps",
+                 "optimizer": "any torch.optim name: adam, adamw, sgd, rmsprop, ...",
+                 "lr_schedule": "constant | cosine[:ETA_MIN] | step:SIZE:GAMMA | exponential:GAMMA | warmup:STEPS | "
+                                "plateau:FACTOR:PATIENCE",
+                 "val_every": "steps between validations on the validation split (0: off)",
+                 "val_metric": "elbo | iwae (with val_samples draws)", "early_stopping": "patience in validations (0: off)",
+                 "threads": "torch threads (0: torch's default)", "bound": "elbo | iwae", "iwae_gradient": "iwae | dreg",
+                 "beta_schedule": "constant | linear:STEPS (KL warm-up) | cyclic:PERIOD[:RATIO]"}
+
+        def listing(cls, skip=()):
+            out = []
+            for f in fields(cls):
+                if f.init and f.name not in skip:
+                    d = f.default if f.default is not MISSING else "(required)"
+                    note = f"  ({notes[f.name]})" if f.name in notes else ""
+                    out.append(f"  {f.name}={d}{note}")
+            return "\n".join(out)
+        parser.print_help()
+        print("\ntraining settings (--set KEY=VALUE; see metaprior.inference.trainer.TrainConfig):")
+        print(listing(TrainConfig, skip=("steps", "seed", "device", "progress")))
+        print("\nmethod settings of the Gaussian VAE recipes (vae, beta_vae, ...; other methods add their own, "
+              "named in the error for an unknown key):")
+        print(listing(GaussianVAE))
+        print("\ndata options (--data-option KEY=VALUE) for files: binarize=false|true|stochastic, binarize_seed, "
+              "test_fraction (default 0.1: a random tenth is held out as the test split), test_start, "
+              "validation_fraction, limit (IDX)")
+        parser.exit()
 
 
 #: what `metaprior evaluate RUN` computes on a torch run without --metrics
@@ -375,11 +447,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="methods, datasets and metrics").set_defaults(fn=cmd_list)
 
-    t = sub.add_parser("train", help="train a method on a data set, writing a run directory")
+    t = sub.add_parser("train", help="train a method on a data set, writing a run directory", add_help=False)
+    t.add_argument("-h", "--help", action=_TrainHelp, nargs=0, help="show this help, with every --set key, and exit")
     t.add_argument("--method", help="method name (see `metaprior list`)")
     t.add_argument("--data", help="data set name, or a path to an IDX / .npz / .npy file")
     t.add_argument("--data-option", action="append", metavar="KEY=VALUE", help="data set option, e.g. binarize=true")
     t.add_argument("--steps", type=int, default=None, help="total optimisation steps (default 1000)")
+    t.add_argument("--epochs", type=int, default=None,
+                   help="passes over the training split instead of --steps (epochs * (N // batch_size) steps)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="method or training setting, e.g. beta=4 batch_size=64")
     t.add_argument("--out", required=True, help="run directory")
@@ -403,6 +478,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--iwae-samples", type=int, default=100, help="K of the iwae metric's importance-weighted bound")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--device", default="cpu")
+    e.add_argument("--split", choices=("test", "validation"), default="test",
+                   help="the held-out split the elbo / iwae / arviz metrics score (refused when it would be the training data)")
+    e.add_argument("--test-data", default=None, metavar="PATH",
+                   help="score every example of this file instead of the run's test split (read with the run's data options)")
+    e.add_argument("--checkpoint", default="last", metavar="best|last|STEP",
+                   help="which checkpoint: last (default), best (kept by validation, val_every) or a step number")
     e.add_argument("--verbose", action="store_true", help="name each metric on stderr as it starts")
     e.add_argument("--no-progress", action="store_true",
                    help="no progress bars (they are drawn on stderr when it is a terminal, one per metric)")

@@ -421,3 +421,48 @@ def test_stochastic_binarization_is_bernoulli_with_a_fixed_seed(tmp_path):
     assert d.test_indices.tolist() == list(range(300, 400)) and len(d.validation_indices) == 75
     assert len(set(d.train_indices) | set(d.validation_indices)) == 300
     assert d.split_description()["validation"] == 75
+
+
+# ------------------------------------------------------------------ the protocol with the CLI alone
+def test_cli_protocol_validate_stop_best_checkpoint_separate_test_file(tmp_path, capsys):
+    from metaprior.cli import main
+
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 256, size=(300, 6, 6))  # 36 random binary pixels: no image repeats
+    train_file = _idx_file(tmp_path, img[:240])
+    test_dir = tmp_path / "test"
+    test_dir.mkdir()
+    test_file = _idx_file(test_dir, img[240:])
+    run = tmp_path / "run"
+    assert main(["train", "--method", "vae", "--data", str(train_file), "--epochs", "30", "--out", str(run),
+                 "--no-plots", "--no-progress", "--data-option", "binarize=true", "--data-option", "test_fraction=0",
+                 "--data-option", "validation_fraction=0.25", "--set", "latent_dim=2", "--set", "hidden=8",
+                 "--set", "batch_size=30", "--set", "val_every=6", "--set", "early_stopping=2",
+                 "--set", "bound=iwae", "--set", "iwae_gradient=dreg", "--set", "optimizer=adamw",
+                 "--set", "lr=0.05", "--set", "lr_schedule=cosine"]) == 0
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["train"]["optimizer"] == "adamw" and cfg["train"]["epochs"] == 30
+    rows = [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in rows if "val_metric" in r]
+    assert val and all(r["step"] % 6 == 0 for r in val)
+    best_step = max(val, key=lambda r: r["val_elbo"])["step"]
+    assert val[-1]["val_best_step"] == best_step
+    assert (run / "checkpoints/best.ckpt").exists()
+    # the run has no test split: "test" would be the training images -> refused, naming the fix
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--metrics", "elbo", "--no-progress"]) == 2
+    assert "no test split" in capsys.readouterr().err
+    # a separate test file
+    assert main(["evaluate", str(run), "--metrics", "elbo,iwae", "--iwae-samples", "5", "--test-data", str(test_file),
+                 "--checkpoint", "best", "--no-progress"]) == 0
+    ev = json.loads((run / "eval.json").read_text())
+    st = ev["elbo"]["settings"]
+    assert st["split"] == "test" and st["split_size"] == 60 and st["checkpoint_step"] == best_step
+    assert st["train_overlap"] == 0 and "file" in st["source"]
+    assert main(["evaluate", str(run), "--metrics", "elbo", "--split", "validation", "--no-progress"]) == 0
+    ev = json.loads((run / "eval.json").read_text())
+    assert ev["elbo"]["settings"]["split"] == "validation" and ev["elbo"]["settings"]["split_size"] == 60
+    # the training file as "test data" is refused
+    assert main(["evaluate", str(run), "--metrics", "elbo", "--test-data", str(train_file), "--no-progress"]) == 2
+    assert main(["evaluate", str(run), "--metrics", "elbo", "--checkpoint", "7", "--no-progress"]) == 2
+    assert "no checkpoint for step 7" in capsys.readouterr().err

@@ -125,3 +125,90 @@ def same_examples(a: np.ndarray, b: np.ndarray) -> bool:
     ka = np.sort([hash(r.tobytes()) for r in a.reshape(len(a), -1)])
     kb = np.sort([hash(r.tobytes()) for r in b.reshape(len(b), -1)])
     return bool(np.array_equal(ka, kb))
+
+
+#: data options that choose a split, dropped when a separate test file is loaded with a run's options
+SPLIT_OPTIONS = ("test_fraction", "test_start", "validation_fraction", "validation_last", "limit")
+
+
+def _row_keys(x: np.ndarray) -> list[bytes]:
+    x = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+    return [r.tobytes() for r in x.reshape(len(x), -1)]
+
+
+class HeldOut:
+    """``data`` with its held-out observations (``test_observations``) taken from the named split or from a
+    separate array: what ``metaprior evaluate --split/--test-data`` scores. Everything else is ``data``'s.
+
+    ``heldout_settings`` (written beside each held-out number in ``eval.json``) names the split, its
+    source, its size and ``train_overlap``, the number of its examples that are also training examples.
+    """
+
+    def __init__(self, data, split: str, x: np.ndarray, source: str):
+        self._data, self._x = data, np.asarray(x)
+        train_idx = getattr(data, "train_indices", None)
+        overlap = None
+        if train_idx is not None and hasattr(data, "x"):
+            train = set(_row_keys(data.x[train_idx]))
+            overlap = sum(k in train for k in _row_keys(self._x))
+        self.train_size = None if train_idx is None else int(len(train_idx))
+        self.heldout_settings = {"split": split, "source": source, "split_size": int(len(self._x))}
+        if overlap is not None:
+            self.heldout_settings["train_overlap"] = int(overlap)
+
+    def __getattr__(self, name):
+        return getattr(self._data, name)
+
+    def test_observations(self, n: int, seed: int) -> np.ndarray:
+        return self._x[:n]
+
+
+def heldout_view(data, split: str = "test", test_data=None, options: dict | None = None, allow_train_overlap=False):
+    """The data set evaluation scores: ``data``'s ``validation`` or ``test`` split, or with ``test_data`` (a
+    path or a data set name) every example of that file, read with ``options`` minus the split options.
+
+    Refuses, naming the fix, when the "test" examples are the training examples: a data set without a
+    test split (``test_fraction=0``, whose ``test_observations`` fall back to the training set), or a
+    ``test_data`` file whose examples all appear in the training split. A partial overlap is allowed
+    but counted (``train_overlap``) and warned about by the caller.
+    """
+    if split not in ("validation", "test"):
+        raise SplitError(f"--split must be validation or test, got {split!r}")
+    if test_data is not None:
+        if split != "test":
+            raise SplitError("--test-data replaces the test split; it cannot be combined with --split validation")
+        from . import load
+
+        opts = {k: v for k, v in dict(options or {}).items() if k not in SPLIT_OPTIONS}
+        name = str(test_data)
+        try:
+            other = load(name, **{**opts, "test_fraction": 0.0})
+        except TypeError:
+            other = load(name, **opts)
+        if not hasattr(other, "x"):
+            raise SplitError(f"--test-data {name}: a finite data file is needed (got {type(other).__name__})")
+        view = HeldOut(data, "test", other.x, f"file {name} (all {len(other.x)} examples)")
+    elif not (hasattr(data, "test_indices") and hasattr(data, "x")):  # a generator (dSprites): a seeded test draw
+        if split == "validation":
+            raise SplitError(f"data set {getattr(data, 'name', '')!r} has no validation split; use --split test "
+                             "(for a generator, a seeded sample on a stream apart from the training batches)")
+        return data
+    else:
+        idx = getattr(data, "validation_indices", [])[:] if split == "validation" else data.test_indices
+        if split == "test" and len(idx):
+            return data  # the data set's own test split, disjoint from training by construction
+        if len(idx) == 0:
+            opt = "validation_fraction=0.1" if split == "validation" else "test_fraction=0.1 (or test_start=N)"
+            raise SplitError(
+                f"data set {getattr(data, 'name', '')!r} has no {split} split, so a '{split}' evaluation would score "
+                f"the training examples; give a separate file with --test-data PATH, or train with "
+                f"--data-option {opt}")
+        view = HeldOut(data, split, data.x[idx], f"{split} split ({getattr(data, 'split_description', dict)()})")
+    k = view.heldout_settings.get("train_overlap", 0)
+    if k and (k == len(view._x) or k == view.train_size) and not allow_train_overlap:
+        what = (f"every one of the {k} '{split}' examples is also a training example" if k == len(view._x) else
+                f"the '{split}' data hold all {k} training examples")
+        raise SplitError(
+            f"{what}: the number would measure fit, not generalization; give held-out data with --test-data PATH "
+            "(a file the run did not train on)")
+    return view

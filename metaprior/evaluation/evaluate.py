@@ -17,6 +17,11 @@ beta_vae        :func:`~metaprior.evaluation.metrics.beta_vae_score`          a 
 factor_vae      :func:`~metaprior.evaluation.metrics.factor_vae_score`        a ground-truth generator
 usefulness      :func:`~metaprior.evaluation.metrics.usefulness`              factors, or labels
 unsupervised    :func:`~metaprior.evaluation.metrics.unsupervised`            --
+irs             :func:`~metaprior.evaluation.metrics_more.irs`                factors
+fairness        :func:`~metaprior.evaluation.metrics_more.fairness`           a ground-truth generator
+reduced_downstream :func:`~metaprior.evaluation.metrics_more.reduced_downstream_task` factors
+strong_downstream :func:`~metaprior.evaluation.metrics_more.strong_downstream_task` a ground-truth generator
+mig_chen        :func:`~metaprior.evaluation.metrics_more.mig_chen`           a ground-truth generator (whole grid)
 decomposition   :func:`~metaprior.evaluation.decomposition.elbo_decomposition` --
 arviz           :func:`~metaprior.evaluation.diagnostics.diagnose`            --
 elbo, iwae      :mod:`~metaprior.evaluation.heldout` (held-out test split)    --
@@ -57,13 +62,15 @@ import numpy as np
 from . import metrics as M
 
 EVAL_METRICS = ("mig", "dci", "sap", "modularity", "beta_vae", "factor_vae", "unsupervised", "usefulness",
+                "irs", "fairness", "reduced_downstream", "strong_downstream", "mig_chen",
                 "decomposition", "arviz", "elbo", "iwae")
 #: metrics of the representation against ground-truth factors
-FACTOR_METRICS = ("mig", "dci", "sap", "modularity", "beta_vae", "factor_vae", "usefulness")
+FACTOR_METRICS = ("mig", "dci", "sap", "modularity", "beta_vae", "factor_vae", "usefulness",
+                  "irs", "fairness", "reduced_downstream", "strong_downstream", "mig_chen")
 #: factor metrics that accept a label as the single factor
 LABEL_METRICS = ("mig", "usefulness")
 #: factor metrics that intervene on factors: need a GroundTruthData generator
-INTERVENTION_METRICS = ("beta_vae", "factor_vae")
+INTERVENTION_METRICS = ("beta_vae", "factor_vae", "fairness", "strong_downstream", "mig_chen")
 #: CLI name -> key of metrics.METRICS / the presets
 _METRIC_KEY = {"modularity": "modularity_explicitness"}
 
@@ -348,8 +355,11 @@ def evaluate_run(run, metrics: str | Sequence[str], preset: str = "default",
     need = {"train": 0, "test": 0}
     for metric in names:
         st = settings.get(metric, {})
-        if metric in ("mig", "unsupervised"):
+        if metric in ("mig", "unsupervised", "irs", "fairness"):
             need["train"] = max(need["train"], int(st["num_train"]))
+        elif metric == "reduced_downstream":
+            need["train"] = max(need["train"], max(int(n) for n in st["num_train"]))
+            need["test"] = max(need["test"], int(st["num_test"]))
         elif metric in ("dci", "sap", "modularity", "usefulness"):
             n_train, n_test = _counts(st)
             need["train"], need["test"] = max(need["train"], n_train), max(need["test"], n_test)
@@ -389,6 +399,36 @@ def evaluate_run(run, metrics: str | Sequence[str], preset: str = "default",
                 kw = M.metric_kwargs(key, st)
                 vals = M.METRICS[key](ctr, ftr, cte, fte, seed=seed, **kw)
                 record(metric, vals, {**gt, "num_train_used": len(ctr), "num_test_used": len(cte)})
+            elif metric in ("irs", "fairness"):  # metrics_more: codes of the shared training pool
+                n = _available(pools, "train", int(st["num_train"]))
+                codes, f = pools.codes("train", n, encode)
+                kw = M.metric_kwargs(key, st)
+                if metric == "irs":
+                    vals = M.METRICS[key](codes, f, **kw)
+                else:
+                    vals = M.METRICS[key](data, encode, _seed(seed, metric), seed=seed, codes_train=codes,
+                                          factors_train=f, **kw)
+                record(metric, vals, {**gt, "num_train_used": len(codes)})
+            elif metric == "reduced_downstream":
+                n = _available(pools, "train", max(int(v) for v in st["num_train"]))
+                ctr, ftr = pools.codes("train", n, encode)
+                cte, fte = pools.codes("test", _available(pools, "test", int(st["num_test"])), encode)
+                vals = M.METRICS[key](ctr, ftr, cte, fte, seed=seed, **M.metric_kwargs(key, st))
+                record(metric, vals, {**gt, "num_train_used": len(ctr), "num_test_used": len(cte)})
+            elif metric == "strong_downstream":
+                vals = M.METRICS[key](data, encode, _seed(seed, metric), seed=seed, **M.metric_kwargs(key, st))
+                record(metric, vals, gt)
+            elif metric == "mig_chen":  # Chen et al.: q(z|x) of every point of the data set
+                from .decomposition import encode_gaussian
+
+                grid = data.index_to_factors(np.arange(data.num_examples))
+                parts = [encode_gaussian(run.pair, torch.as_tensor(
+                    data.observations_from_factors(grid[i:i + 8192]), dtype=torch.float32).to(device))
+                    for i in range(0, len(grid), 8192)]
+                loc = torch.cat([a for a, _ in parts]).double().cpu().numpy()
+                scale = torch.cat([b for _, b in parts]).double().cpu().numpy()
+                vals = M.METRICS[key](loc, scale, grid, seed=seed, **M.metric_kwargs(key, st))
+                record(metric, vals, {**gt, "representation": "samples of q(z|x)", "num_points": len(grid)})
             elif metric == "decomposition":
                 from .decomposition import elbo_decomposition
 
@@ -421,7 +461,8 @@ def evaluate_run(run, metrics: str | Sequence[str], preset: str = "default",
                 record(metric, diag.scalars(), extra)
             elif metric == "elbo":
                 x = torch.as_tensor(data.test_observations(num_examples, run.train.seed)).to(device)
-                hb = {"num_examples": len(x), "split": "test", "checkpoint_step": run.step, "seed": seed}
+                hb = {"num_examples": len(x), "split": "test", "checkpoint_step": run.step, "seed": seed,
+                      **getattr(data, "heldout_settings", {})}
                 bar.reset(total=len(x))
                 for k, v in heldout_elbo(run.pair, x, seed=seed, progress=bar.update).items():
                     results[k] = {"value": v, "settings": {**hb, "samples": 1, "unit": "nats per example"}}
@@ -430,7 +471,7 @@ def evaluate_run(run, metrics: str | Sequence[str], preset: str = "default",
 
                 x = torch.as_tensor(data.test_observations(num_examples, run.train.seed)).to(device)
                 hb = {"num_examples": len(x), "split": "test", "checkpoint_step": run.step, "seed": seed,
-                      "K": iwae_samples, "unit": "nats per example"}
+                      "K": iwae_samples, "unit": "nats per example", **getattr(data, "heldout_settings", {})}
                 bar.reset(total=len(x))
                 lw = heldout_log_weights(run.pair, x, num_samples=iwae_samples, seed=seed, progress=bar.update)
                 hb.update(iwae_reliability(lw))
