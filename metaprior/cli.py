@@ -87,6 +87,8 @@ def cmd_train(args) -> int:
             train_kwargs["device"] = args.device
         if args.no_progress:
             train_kwargs["progress"] = False
+        if args.logger is not None:
+            train_kwargs["logger"] = args.logger
         train_cfg = TrainConfig(**train_kwargs)
     else:
         if not args.method or not args.data:
@@ -102,6 +104,8 @@ def cmd_train(args) -> int:
         train_kwargs = {k: _coerce(v, ttypes[k], k) for k, v in train_settings.items()}
         train_kwargs.update(steps=args.steps if args.steps is not None else 1000, seed=args.seed,
                             device=args.device or "cpu", progress=not args.no_progress)
+        if args.logger is not None:
+            train_kwargs["logger"] = args.logger
         if args.epochs is not None:
             train_kwargs["epochs"] = args.epochs
         train_cfg = TrainConfig(**train_kwargs)
@@ -461,6 +465,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     t.add_argument("--device", choices=("cpu", "cuda", "mps", "auto"), default=None)
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--logger", choices=("none", "tensorboard", "csv"), default=None,
+                   help="also log every metrics row to TensorBoard (out/logs/tensorboard; pip install -e "
+                        "\".[tensorboard]\") or CSV (out/logs/csv); metrics.jsonl is written either way")
     t.add_argument("--no-plots", action="store_true", help="skip the plots at the end")
     t.set_defaults(fn=cmd_train)
 

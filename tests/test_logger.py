@@ -29,7 +29,7 @@ def events(run):
 def test_tensorboard_event_file_holds_the_rows_and_the_plots(tmp_path):
     pytest.importorskip("tensorboard", reason="tensorboard not installed (pip install -e \".[tensorboard]\")")
     run, plain = tmp_path / "tb", tmp_path / "plain"
-    assert main(["train", *TINY, "--steps", "20", "--out", str(run), "--set", "logger=tensorboard",
+    assert main(["train", *TINY, "--steps", "20", "--out", str(run), "--logger", "tensorboard",
                  "--set", "checkpoint_every=15"]) == 0
     assert json.loads((run / "config.json").read_text())["train"]["logger"] == "tensorboard"
     acc = events(run)
