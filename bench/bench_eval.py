@@ -45,6 +45,7 @@ end-to-end time. With no arguments the script runs in under 5 minutes on 2 CPU c
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
 import warnings
@@ -55,10 +56,15 @@ import torch
 from metaprior.data import DSprites
 from metaprior.data.base import GroundTruthData
 from metaprior.evaluation import metrics as M
+from metaprior.evaluation import metrics_more as MM
 from metaprior.evaluation.decomposition import aggregate_posterior_terms
 
-ORDER = ("mig", "dci", "sap", "modularity", "beta_vae", "factor_vae", "unsupervised", "usefulness",
-         "decomposition")
+ORDER = ("mig", "dci", "usefulness_after_dci", "sap", "modularity", "beta_vae", "factor_vae", "factor_vae_after_beta_vae",
+         "unsupervised", "usefulness", "decomposition", "irs", "fairness", "reduced_downstream", "strong_downstream",
+         "udr", "mig_chen")
+#: cases that time the library after another metric left its shared fits / codes (evaluate's order);
+#: their reference time is the standalone one
+SHARED = {"usefulness_after_dci": ("usefulness", "dci"), "factor_vae_after_beta_vae": ("factor_vae", "beta_vae")}
 
 
 # --------------------------------------------------------------------- representation
@@ -325,6 +331,184 @@ def ref_decomposition(z, loc, scale):
     return {"mi": mi / k, "tc": tc / k, "dimwise_kl": float(dims.sum() / k)}
 
 
+# ------------------------------------------------- references of the metrics_more family
+# Each follows disentanglement_lib's function step by step (its loops, sklearn calls and
+# sample sizes) but draws the same random rows as the library, in the same order, so that
+# the two values can be compared (identical where the models are seeded alike).
+
+def _ref_predictor(model, seed):
+    if model == "gbt":
+        from sklearn.ensemble import GradientBoostingClassifier
+        return GradientBoostingClassifier(random_state=seed)
+    return M._importance_model(model, seed)
+
+
+def ref_irs(codes, factors, diff_quantile=0.99, num_bins=20):
+    ys = _ref_discretize(factors, num_bins)
+    mus = codes[:, codes.var(axis=0) > 0.0]
+    if mus.shape[1] == 0:
+        return {"irs": 0.0, "num_active_dims": 0.0}
+    num_gen, num_lat = ys.shape[1], mus.shape[1]
+    max_dev = np.max(np.abs(mus - mus.mean(axis=0)), axis=0)
+    cum = np.zeros([num_lat, num_gen])
+    for i in range(num_gen):
+        unique = np.unique(ys[:, i], axis=0)
+        for k in range(unique.shape[0]):
+            match = ys[:, i] == unique[k]
+            e_loc = np.mean(mus[match, :], axis=0)
+            cum[:, i] += np.quantile(np.abs(mus[match, :] - e_loc), q=diff_quantile, axis=0)
+        cum[:, i] /= unique.shape[0]
+    scores = (1.0 - cum / max_dev[:, np.newaxis]).max(axis=1)
+    return {"irs": float(np.average(scores, weights=max_dev)), "num_active_dims": float(num_lat)}
+
+
+def ref_fairness(data, encode, rng, num_train=10000, num_test_points_per_class=100, model="gbt", seed=0,
+                 batch_size=16):
+    """disentanglement_lib's ``compute_fairness``: one predictor per factor, for each sensitive factor
+    an intervention per value, representations in batches of 16 (``utils.obtain_representation``)."""
+    from metaprior.evaluation.metrics_more import _fairness_scores, inter_group_fairness
+
+    g, _ = M._seed_from(rng)
+    sizes = list(data.factor_sizes)
+    k = len(sizes)
+    f_tr = data.sample_factors(num_train, g)
+    mus = np.concatenate([encode(data.observations_from_factors(f_tr[s:s + batch_size]))
+                          for s in range(0, num_train, batch_size)])
+    order = np.lexsort(mus[::-1])
+    mus = mus[:, order]
+    mean_f, max_f = np.zeros((k, k)), np.zeros((k, k))
+    for i in range(k):
+        clf = _ref_predictor(model, seed).fit(mus, f_tr[:, i])
+        for j in range(k):
+            if i == j:
+                continue
+            orig = data.sample_factors(num_test_points_per_class, g)
+            counts = np.zeros((len(clf.classes_), sizes[j]), dtype=np.int64)
+            for c in range(sizes[j]):
+                inter = orig.copy()
+                inter[:, j] = c
+                obs = data.observations_from_factors(inter)
+                rep = np.concatenate([encode(obs[s:s + batch_size]) for s in range(0, len(obs), batch_size)])
+                pred = clf.predict(rep[:, order])
+                counts[:, c] = np.bincount(np.searchsorted(clf.classes_, pred), minlength=len(clf.classes_))
+            mean_f[i, j], max_f[i, j] = inter_group_fairness(counts)
+    out = _fairness_scores(mean_f, "mean_fairness")
+    out.update(_fairness_scores(max_f, "max_fairness"))
+    return out
+
+
+def _ref_importance_gbt(x, f, model, seed):
+    imp = np.zeros((x.shape[1], f.shape[1]))
+    for i in range(f.shape[1]):
+        clf = _ref_predictor(model, seed).fit(x, f[:, i])
+        imp[:, i] = np.abs(clf.feature_importances_)
+    return imp
+
+
+def ref_reduced_downstream(ctr, ftr, cte, fte, num_factors_to_remove=1, model="gbt", seed=0):
+    """disentanglement_lib's ``compute_reduced_downstream_task`` for one training size."""
+    k = ftr.shape[1]
+    out, own, other = {}, [], []
+    for foi in range(k):
+        red_tr, red_te = ctr.copy(), cte.copy()
+        for _ in range(num_factors_to_remove):
+            imp = _ref_importance_gbt(red_tr, ftr, model, seed)
+            drop = int(np.argmax(imp[:, foi]))
+            red_tr, red_te = np.delete(red_tr, drop, axis=1), np.delete(red_te, drop, axis=1)
+        te = []
+        for i in range(k):
+            clf = _ref_predictor(model, seed).fit(red_tr, ftr[:, i])
+            out[f"train_accuracy_{i}_factor_of_interest_{foi}"] = float(np.mean(clf.predict(red_tr) == ftr[:, i]))
+            te.append(float(np.mean(clf.predict(red_te) == fte[:, i])))
+            out[f"test_accuracy_{i}_factor_of_interest_{foi}"] = te[-1]
+        own.append(te[foi])
+        other.append(np.mean([te[i] for i in range(k) if i != foi]))
+    out["reduced_test_accuracy"] = float(np.mean(own))
+    out["other_test_accuracy"] = float(np.mean(other))
+    return out
+
+
+def ref_strong_downstream(data, encode, rng, num_train=(1000,), num_test=1000, n_experiment=2, model="gbt", seed=0):
+    """disentanglement_lib's ``compute_strong_downstream_task`` (its interventions drawn from ``rng``)."""
+    g, _ = M._seed_from(rng)
+    sizes = list(data.factor_sizes)
+    k = len(sizes)
+    out = {}
+
+    def rep(f):
+        return encode(data.observations_from_factors(f))
+
+    def fit_score(x, y, xt, yt):
+        clf = _ref_predictor(model, seed).fit(x, y)
+        return float(np.mean(clf.predict(x) == y)), float(np.mean(clf.predict(xt) == yt))
+
+    for n in num_train:
+        f_tr, f_te = data.sample_factors(int(n), g), data.sample_factors(num_test, g)
+        x_tr, x_te = rep(f_tr), rep(f_te)
+        plain = [fit_score(x_tr, f_tr[:, i], x_te, f_te[:, i]) for i in range(k)]
+        strong = []
+        for i in range(k):
+            for _ in range(n_experiment):
+                j = int(g.choice([c for c in range(k) if c != i]))
+                c_tr = int(g.integers(sizes[j]))
+                a, b = f_tr.copy(), f_te.copy()
+                a[:, j] = c_tr
+                b[:, j] = g.choice([v for v in range(sizes[j]) if v != c_tr], size=len(b))
+                strong.append(fit_score(rep(a), a[:, i], rep(b), b[:, i]))
+        te = np.mean([p[1] for p in plain])
+        s_te = np.mean([s[1] for s in strong])
+        out.update({f"{n}_mean_train_accuracy": float(np.mean([p[0] for p in plain])),
+                    f"{n}_mean_test_accuracy": float(te),
+                    f"{n}_mean_strong_train_accuracy": float(np.mean([s[0] for s in strong])),
+                    f"{n}_mean_strong_test_accuracy": float(s_te),
+                    f"{n}_strong_generalization_gap": float(1.0 - s_te / te)})
+    return out
+
+
+def ref_udr(reps, kl, seed=0):
+    """disentanglement_lib's ``compute_udr_sklearn`` (lasso) on given representations."""
+    from sklearn.linear_model import Lasso
+    from sklearn.preprocessing import StandardScaler
+
+    from metaprior.evaluation.metrics_more import relative_strength_disentanglement
+
+    reps = [StandardScaler().fit(r).transform(r) * np.greater(v, 0.01) for r, v in zip(reps, kl)]
+    masks = [v > 0.01 for v in kl]
+    m = len(reps)
+    dis = np.zeros((m, m))
+    for i in range(m):
+        for j in range(m):
+            if i != j:
+                corr = np.transpose(np.absolute(Lasso(random_state=seed, alpha=0.1).fit(reps[i], reps[j]).coef_))
+                dis[i, j] = relative_strength_disentanglement(corr[masks[i], ...][..., masks[j]])
+    return {"model_scores": [float(np.median(np.delete(dis[:, i], i))) for i in range(m)]}
+
+
+def ref_mig_chen(loc, scale, factors, num_samples=10000, seed=0):
+    """Chen et al.'s ``estimate_entropies`` loop: 10 samples at a time against all N encodings (torch)."""
+    rng = np.random.default_rng(seed)
+    z = loc + scale * rng.standard_normal(loc.shape)
+    mu, sd = torch.as_tensor(loc), torch.as_tensor(scale)
+
+    def est(rows):
+        pick = rows[rng.permutation(len(rows))[:num_samples]]
+        zs, m, s = torch.as_tensor(z[pick]), mu[rows], sd[rows]
+        ent = torch.zeros(loc.shape[1], dtype=torch.float64)
+        for k in range(0, len(zs), 10):
+            lq = (-0.5 * ((zs[None, k:k + 10] - m[:, None]) / s[:, None]) ** 2 - s[:, None].log()
+                  - 0.5 * math.log(2 * math.pi))  # [N, 10, D]
+            ent += -(torch.logsumexp(lq - math.log(len(rows)), dim=0)).sum(0)
+        return (ent / len(zs)).numpy()
+
+    h = est(np.arange(len(loc)))
+    mi = np.zeros((loc.shape[1], factors.shape[1]))
+    for j in range(factors.shape[1]):
+        values, counts = np.unique(factors[:, j], return_counts=True)
+        cond = sum(c / len(factors) * est(np.flatnonzero(factors[:, j] == v)) for v, c in zip(values, counts))
+        mi[:, j] = np.clip(h - cond, 0, None) / M.discrete_entropy(factors[:, [j]])[0]
+    top = np.sort(mi, axis=0)[::-1]
+    return {"mig_chen": float(np.mean(top[0] - top[1]))}
+
 # ----------------------------------------------------------------------------- driver
 
 def _timed(fn):
@@ -334,6 +518,7 @@ def _timed(fn):
 
 
 def _show(vals: dict) -> str:
+    vals = _flat(vals)
     keys = list(vals)[:2]
     return ", ".join(f"{k}={vals[k]:.4f}" for k in keys)
 
@@ -348,7 +533,14 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--blas-threads", type=int, default=1,
                    help="BLAS threads for both implementations (default 1, as the library's metrics use)")
+    p.add_argument("--side", choices=("both", "lib", "ref"), default="both",
+                   help="time only the library or only the reference (to run the two in separate processes; "
+                        "--combine their outputs)")
+    p.add_argument("--combine", nargs="+", default=None, metavar="LOG",
+                   help="print ratio / equal lines from the 'time' and 'value' lines of --side runs")
     args = p.parse_args(argv)
+    if args.combine:
+        return combine(args.combine)
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
     preset_name = "default" if args.default else "fast"
@@ -362,6 +554,7 @@ def main(argv=None):
         scale_of = pair
     want = [m for m in ORDER if not args.only or m in args.only.split(",")]
     rng = np.random.default_rng(args.seed)
+    more = MM.DEFAULT_SETTINGS_MORE if args.default else MM.FAST_SETTINGS_MORE
     n_train = max(preset["dci"]["num_train"], max(preset["usefulness"]["sizes"]))
     n_test = max(preset["dci"]["num_test"], preset["usefulness"]["num_test"])
     t_sample, (ftr, fte) = _timed(lambda: (data.sample_factors(n_train, rng), data.sample_factors(n_test, rng)))
@@ -371,11 +564,16 @@ def main(argv=None):
           f"{data.factor_sizes}; codes: {n_train} train / {n_test} test points sampled in {t_sample:.2f} s, "
           f"encoded in {t_enc:.2f} s; torch threads {torch.get_num_threads()}", flush=True)
 
+    # the library's DCI / usefulness fit on the code columns in a canonical (content-sorted) order;
+    # both sides get the codes in that order (identical inputs, so identical tree fits)
+    order = np.lexsort(ctr[::-1])
+    ctr_c, cte_c = np.ascontiguousarray(ctr[:, order]), np.ascontiguousarray(cte[:, order])
+
     def fixed(name, key, lib_fn, ref_fn):
         st = preset[key]
         kw = M.metric_kwargs(key, st)
         a, b = st.get("num_train", max(st.get("sizes", (0,)))), st.get("num_test", 0)
-        args_ = (ctr[:a], ftr[:a], cte[:b], fte[:b])
+        args_ = (ctr_c[:a], ftr[:a], cte_c[:b], fte[:b])
         return (lambda: lib_fn(*args_, **kw)), (lambda: ref_fn(*args_, **kw))
 
     cases = {}
@@ -419,22 +617,137 @@ def main(argv=None):
                          if k in ("mi", "tc", "dimwise_kl")},
             lambda: ref_decomposition(z, loc, scale))
 
+    if "irs" in want:
+        st = more["irs"]
+        kw = dict(diff_quantile=st["diff_quantile"], num_bins=st["num_bins"])
+        cases["irs"] = (lambda kw=kw, n=st["num_train"]: MM.irs(ctr[:n], ftr[:n], **kw),
+                        lambda kw=kw, n=st["num_train"]: ref_irs(ctr[:n], ftr[:n], **kw))
+    if "fairness" in want:
+        st = more["fairness"]
+        kw = dict(num_train=st["num_train"], num_test_points_per_class=st["num_test_points_per_class"],
+                  model=st["model"])
+        cases["fairness"] = (lambda kw=kw: MM.fairness(data, encode, np.random.default_rng(args.seed + 3), **kw),
+                             lambda kw=kw: ref_fairness(data, encode, np.random.default_rng(args.seed + 3), **kw))
+    if "reduced_downstream" in want:
+        st = more["reduced_downstream"]
+        n, t = max(st["num_train"]), st["num_test"]
+        kw = dict(num_factors_to_remove=st["num_factors_to_remove"], model=st["model"])
+        cases["reduced_downstream"] = (
+            lambda kw=kw, n=n, t=t: MM.reduced_downstream_task(ctr[:n], ftr[:n], cte[:t], fte[:t], **kw),
+            lambda kw=kw, n=n, t=t: ref_reduced_downstream(ctr[:n], ftr[:n], cte[:t], fte[:t], **kw))
+    if "strong_downstream" in want:
+        st = more["strong_downstream"]
+        kw = dict(num_train=st["num_train"], num_test=st["num_test"], n_experiment=st["n_experiment"],
+                  model=st["model"])
+        cases["strong_downstream"] = (
+            lambda kw=kw: MM.strong_downstream_task(data, encode, np.random.default_rng(args.seed + 4), **kw),
+            lambda kw=kw: ref_strong_downstream(data, encode, np.random.default_rng(args.seed + 4), **kw))
+    if "udr" in want:  # five "models": the codes of 1,000 points under fixed rotations of pairs of dimensions
+        g = np.random.default_rng(args.seed + 5)
+        n = more["udr"]["num_data_points"]
+        reps = []
+        for m in range(5):
+            q, _ = np.linalg.qr(g.standard_normal((ctr.shape[1], ctr.shape[1])))
+            mix = np.eye(ctr.shape[1]) * 0.8 + 0.2 * q
+            reps.append(ctr[:n] @ mix[:, g.permutation(ctr.shape[1])])
+        kl = [np.where(np.arange(ctr.shape[1]) < 8, 1.0, 0.001)] * 5
+        cases["udr"] = (lambda: {"model_scores": MM.udr(reps, kl)["model_scores"]}, lambda: ref_udr(reps, kl))
+    if "mig_chen" in want:  # Gaussian encodings of the whole 737,280-point grid: the codes, a per-point scale
+        grid = np.stack(np.unravel_index(np.arange(int(np.prod(data.factor_sizes))), data.factor_sizes), 1)
+        if scale_of is None:
+            g = np.random.default_rng(args.seed + 6)
+            gloc = encode(data.observations_from_factors(grid))
+            gscale = 0.05 + 0.1 * g.random(gloc.shape)
+        else:
+            from metaprior.evaluation.decomposition import encode_gaussian
+            parts = [encode_gaussian(scale_of, torch.as_tensor(data.observations_from_factors(grid[s:s + 8192]),
+                                                               dtype=torch.float32))
+                     for s in range(0, len(grid), 8192)]
+            gloc = torch.cat([a for a, _ in parts]).double().numpy()
+            gscale = torch.cat([b for _, b in parts]).double().numpy()
+        ns = MM.FAST_SETTINGS_MORE["mig_chen"]["num_samples"]  # the default's 10,000 take hours on 2 cores
+        cases["mig_chen"] = (lambda: {"mig_chen": MM.mig_chen(gloc, gscale, grid, num_samples=ns)["mig_chen"]},
+                             lambda: ref_mig_chen(gloc, gscale, grid, num_samples=ns))
+    for name, (base, _) in SHARED.items():
+        if name in want and base in cases:
+            cases[name] = cases[base]
+
     from threadpoolctl import threadpool_limits
 
+    import sklearn.ensemble, sklearn.linear_model, sklearn.metrics, sklearn.svm  # noqa: F401,E401 (imports untimed)
+
     total_lib = total_ref = 0.0
+    ref_times, ref_vals = {}, {}
     for name in [m for m in ORDER if m in cases]:
         lib_fn, ref_fn = cases[name]
+        base, before = SHARED.get(name, (name, None))
+        if before is None:  # standalone: nothing shared from an earlier metric
+            M.clear_fit_cache()
+            M.clear_code_cache()
         with threadpool_limits(limits=args.blas_threads, user_api="blas"):  # same BLAS threads for both
-            t_lib, v_lib = _timed(lib_fn)
-            t_ref, v_ref = _timed(ref_fn)
-        total_lib += t_lib
-        total_ref += t_ref
+            t_lib = v_lib = t_ref = v_ref = None
+            if args.side in ("both", "lib") and (before is None or before in cases):
+                t_lib, v_lib = _timed(lib_fn)
+                print(f"time {name} lib {t_lib:.3f}")
+                print(f"value {name} lib {json.dumps(_flat(v_lib))}", flush=True)
+            if args.side in ("both", "ref"):
+                if base in ref_times:
+                    t_ref, v_ref = ref_times[base], ref_vals[base]
+                else:
+                    t_ref, v_ref = _timed(ref_fn)
+                    ref_times[base], ref_vals[base] = t_ref, v_ref
+                    print(f"time {base} ref {t_ref:.3f}")
+                    print(f"value {base} ref {json.dumps(_flat(v_ref))}", flush=True)
+        if t_lib is None or t_ref is None:
+            continue
+        if before is None:
+            total_lib += t_lib
+            total_ref += t_ref
         print(f"# {name}: metaprior {t_lib:.3f} s ({_show(v_lib)}), reference loop {t_ref:.3f} s ({_show(v_ref)})")
-        print(f"ratio {name} {t_lib / t_ref:.3f}", flush=True)
-    print(f"# total: metaprior {total_lib:.1f} s (+ {t_sample + t_enc:.1f} s sampling and encoding the code pools), "
-          f"reference {total_ref:.1f} s")
-    print(f"ratio total {total_lib / max(total_ref, 1e-12):.3f}")
+        print(f"ratio {name} {t_lib / t_ref:.3f}")
+        print(f"equal {name} {_maxdiff(v_lib, v_ref)}", flush=True)
+    if args.side == "both":
+        print(f"# total: metaprior {total_lib:.1f} s (+ {t_sample + t_enc:.1f} s sampling and encoding the code "
+              f"pools), reference {total_ref:.1f} s")
+        print(f"ratio total {total_lib / max(total_ref, 1e-12):.3f}")
 
+
+def _flat(vals: dict) -> dict:
+    out = {}
+    for k, v in vals.items():
+        if isinstance(v, (list, tuple)):
+            out.update({f"{k}[{i}]": float(x) for i, x in enumerate(v)})
+        else:
+            out[k] = float(v)
+    return out
+
+
+def _maxdiff(a: dict, b: dict) -> str:
+    """max |library - reference| over the keys both return, and how many keys that is."""
+    a, b = _flat(a), _flat(b)
+    common = [k for k in a if k in b]
+    if not common:
+        return "n/a (no common keys)"
+    return f"{max(abs(a[k] - b[k]) for k in common):.3g} over {len(common)} values"
+
+
+def combine(paths) -> int:
+    """ratio / equal lines from the ``time`` and ``value`` lines of ``--side lib`` / ``--side ref`` runs."""
+    times, vals = {}, {}
+    for path in paths:
+        for line in open(path):
+            parts = line.split(" ", 3)
+            if parts[0] == "time" and len(parts) == 4:
+                times[parts[1], parts[2]] = float(parts[3])
+            elif parts[0] == "value" and len(parts) == 4:
+                vals[parts[1], parts[2]] = json.loads(parts[3])
+    for name in ORDER:
+        base = SHARED.get(name, (name, None))[0]
+        if (name, "lib") in times and (base, "ref") in times:
+            print(f"ratio {name} {times[name, 'lib'] / times[base, 'ref']:.3f}   "
+                  f"# {times[name, 'lib']:.1f} s / {times[base, 'ref']:.1f} s")
+            print(f"equal {name} {_maxdiff(vals[name, 'lib'], vals[base, 'ref'])}")
+    return 0
 
 if __name__ == "__main__":
     main()

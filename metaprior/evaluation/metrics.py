@@ -144,6 +144,15 @@ DEFAULT_SETTINGS: dict[str, dict] = {
     "unsupervised": {"num_train": 10000, "num_bins": 20},
     "usefulness": {"num_test": 5000, "sizes": (10, 100, 1000, 10000),
                    "models": ("logistic", "gbt")},
+    # metrics_more (disentanglement_lib's irs.gin, fairness.gin; for reduced / strong downstream
+    # and UDR its only configurations are its test ones; Chen et al.'s estimator for mig_chen)
+    "mig_chen": {"num_samples": 10000},
+    "irs": {"num_train": 10000, "diff_quantile": 0.99, "num_bins": 20},
+    "fairness": {"num_train": 10000, "num_test_points_per_class": 100, "model": "gbt"},
+    "reduced_downstream": {"num_train": (100,), "num_test": 100, "num_factors_to_remove": 1, "model": "gbt"},
+    "strong_downstream": {"num_train": (1000,), "num_test": 1000, "n_experiment": 2, "model": "gbt"},
+    "udr": {"num_data_points": 1000, "correlation": "lasso", "filter_low_kl": True,
+            "kl_filter_threshold": 0.01},
 }
 
 #: Smaller counts (2,000 training / 1,000 test points) and faster models for smoke
@@ -165,6 +174,14 @@ FAST_SETTINGS: dict[str, dict] = {
                                 "classifier": "LogisticRegression()"},
     "unsupervised": {"num_train": 2000, "num_bins": 20},
     "usefulness": {"num_test": 1000, "sizes": (10, 100, 1000), "models": ("logistic",)},
+    "mig_chen": {"num_samples": 1000},
+    "irs": {"num_train": 2000, "diff_quantile": 0.99, "num_bins": 20},
+    "fairness": {"num_train": 2000, "num_test_points_per_class": 50, "model": "random_forest"},
+    "reduced_downstream": {"num_train": (100,), "num_test": 100, "num_factors_to_remove": 1,
+                           "model": "random_forest"},
+    "strong_downstream": {"num_train": (1000,), "num_test": 1000, "n_experiment": 2, "model": "random_forest"},
+    "udr": {"num_data_points": 1000, "correlation": "lasso", "filter_low_kl": True,
+            "kl_filter_threshold": 0.01},
 }
 
 
@@ -803,6 +820,13 @@ def clear_code_cache() -> None:
 
 def _grid_codes(encode: Callable, data, factors: np.ndarray, fn: str, max_encode_batch: int,
                 cache: bool) -> np.ndarray:
+    """Codes [n, D] of factor rows [n, K] (see :func:`_grid_table`)."""
+    table, rows = _grid_table(encode, data, factors, fn, max_encode_batch, cache)
+    return table[rows]
+
+
+def _grid_table(encode: Callable, data, factors: np.ndarray, fn: str, max_encode_batch: int,
+                cache: bool) -> tuple[np.ndarray, np.ndarray]:
     """Codes of factor rows [n, K], each distinct grid point rendered and encoded once.
 
     The intervention-based scores draw millions of factor rows from a grid of (for
@@ -810,12 +834,19 @@ def _grid_codes(encode: Callable, data, factors: np.ndarray, fn: str, max_encode
     ``encode`` are functions of the row, so each distinct row is rendered and encoded once,
     in batches of up to ``max_encode_batch``, and looked up. With ``cache`` the codes are
     also kept for later calls with the same ``encode`` object and data set (BetaVAE and
-    FactorVAE scores share them); :func:`clear_code_cache` forgets them.
+    FactorVAE scores share them); :func:`clear_code_cache` forgets them. Returns ``(table,
+    rows)`` with ``table[rows]`` the codes of ``factors`` (callers gather in cache-sized chunks).
     """
     sizes = tuple(int(s) for s in data.factor_sizes)
     idx = np.ravel_multi_index(tuple(np.asarray(factors).T), sizes)
-    uniq, inv = np.unique(idx, return_inverse=True)
     grid = int(np.prod(sizes, dtype=np.int64))
+    if grid <= 8 * len(idx):  # O(grid + n) marks instead of a sort
+        mark = np.zeros(grid, dtype=bool)
+        mark[idx] = True
+        uniq = np.flatnonzero(mark)
+        inv = None
+    else:
+        uniq, inv = np.unique(idx, return_inverse=True)
     entry = None
     if cache:
         try:
@@ -842,7 +873,7 @@ def _grid_codes(encode: Callable, data, factors: np.ndarray, fn: str, max_encode
                 entry = None
         if entry is None:  # per-call de-duplication only
             z = np.concatenate(new) if new else np.zeros((0, 0))
-            return z[inv]
+            return z, (inv if inv is not None else np.searchsorted(uniq, idx))
     if new:
         z_new = np.concatenate(new)
         if z_new.shape[1] != entry["codes"].shape[1]:
@@ -851,7 +882,7 @@ def _grid_codes(encode: Callable, data, factors: np.ndarray, fn: str, max_encode
                              f"changing the model behind encode")
         entry["codes"][need] = z_new
         entry["have"][need] = True
-    return entry["codes"][idx]
+    return entry["codes"], idx
 
 
 def _chunks(num_points: int, per_point: int, max_encode_batch: int):
@@ -862,19 +893,22 @@ def _chunks(num_points: int, per_point: int, max_encode_batch: int):
 
 def _beta_vae_features(data, encode, rng, batch_size, num_points, max_encode_batch, cache=True):
     k = data.num_factors
-    feats, labels = [], []
-    for p in _chunks(num_points, 2 * batch_size, max_encode_batch):
+    draws, labels = [], []
+    for p in _chunks(num_points, 2 * batch_size, max_encode_batch):  # the random stream, chunk by chunk
         idx = rng.integers(0, k, size=p)
         f1 = data.sample_factors(p * batch_size, rng).reshape(p, batch_size, k)
         f2 = data.sample_factors(p * batch_size, rng).reshape(p, batch_size, k)
         rows = np.arange(p)[:, None]
         cols = np.arange(batch_size)[None, :]
         f2[rows, cols, idx[:, None]] = f1[rows, cols, idx[:, None]]
-        z = _grid_codes(encode, data, np.concatenate([f1, f2]).reshape(-1, k), "beta_vae_score",
-                        max_encode_batch, cache)
-        z = z.reshape(2, p, batch_size, -1)
-        feats.append(np.mean(np.abs(z[0] - z[1]), axis=1))
+        draws.append(np.stack([f1, f2]))  # [2, p, batch, k]
         labels.append(idx)
+    f = np.concatenate(draws, axis=1)  # all rows at once: each distinct grid point encoded once
+    table, rows = _grid_table(encode, data, f.reshape(-1, k), "beta_vae_score", max_encode_batch, cache)
+    rows = rows.reshape(2, f.shape[1], batch_size)
+    step = max(1, 4096 // batch_size)
+    feats = [np.mean(np.abs(table[rows[0, s:s + step]] - table[rows[1, s:s + step]]), axis=1)
+             for s in range(0, f.shape[1], step)]
     return np.concatenate(feats), np.concatenate(labels)
 
 
@@ -930,19 +964,24 @@ def _factor_vae_votes(data, encode, rng, batch_size, num_points, global_var, act
     k = data.num_factors
     d = global_var.shape[0]
     active_idx = np.flatnonzero(active)
-    votes = np.zeros((k, d), dtype=np.int64)
-    for p in _chunks(num_points, batch_size, max_encode_batch):
+    draws, labels = [], []
+    for p in _chunks(num_points, batch_size, max_encode_batch):  # the random stream, chunk by chunk
         idx = rng.integers(0, k, size=p)
         f = data.sample_factors(p * batch_size, rng).reshape(p, batch_size, k)
         rows = np.arange(p)[:, None]
         cols = np.arange(batch_size)[None, :]
         f[rows, cols, idx[:, None]] = f[np.arange(p), 0, idx][:, None]
-        z = _grid_codes(encode, data, f.reshape(-1, k), "factor_vae_score", max_encode_batch,
-                        cache).reshape(p, batch_size, -1)
-        local = np.var(z[:, :, active_idx], axis=1, ddof=1)
-        argmin = active_idx[np.argmin(local / global_var[active_idx], axis=1)]
-        votes += np.bincount(idx * d + argmin, minlength=k * d).reshape(k, d)
-    return votes
+        draws.append(f)
+        labels.append(idx)
+    f = np.concatenate(draws)  # all rows at once: each distinct grid point encoded once
+    idx = np.concatenate(labels)
+    table, rows = _grid_table(encode, data, f.reshape(-1, k), "factor_vae_score", max_encode_batch, cache)
+    rows = rows.reshape(len(f), batch_size)
+    table = table[:, active_idx]
+    step = max(1, 4096 // batch_size)
+    local = np.concatenate([np.var(table[rows[s:s + step]], axis=1, ddof=1) for s in range(0, len(f), step)])
+    argmin = active_idx[np.argmin(local / global_var[active_idx], axis=1)]
+    return np.bincount(idx * d + argmin, minlength=k * d).reshape(k, d)
 
 
 def factor_vae_score(data, encode: Callable, rng, batch_size: int = 64, num_train: int = 10000,
@@ -964,8 +1003,14 @@ def factor_vae_score(data, encode: Callable, rng, batch_size: int = 64, num_trai
     Settings (disentanglement_lib ``factor_vae_score`` + ``prune_dims``):
     ``batch_size=64``, ``num_train=10000``, ``num_eval=5000``,
     ``num_variance_estimate=10000``, ``prune_threshold=0.05``. Deviations:
-    ``num_active_dims`` counts the active dimensions (disentanglement_lib reports the
-    total number); sampling is vectorized (up to ``max_encode_batch`` observations per
+    ``num_active_dims`` counts the active dimensions, the ones Kim & Mnih's sec. 4 keeps
+    after pruning "dimensions that have collapsed to the prior" (disentanglement_lib's
+    ``factor_vae_score`` returns ``len(active_dims)`` of its boolean mask, i.e. the total
+    number of dimensions: on a 10-d code with 5 collapsed dimensions it reports 10 where
+    this reports 5; its train/eval accuracies are unaffected); its argmin indexes the
+    active subset but votes for that index among all dimensions (a relabelling of the
+    majority-vote classifier: same accuracy), here mapped back to the dimension; sampling
+    is vectorized (up to ``max_encode_batch`` observations per
     ``encode`` call), so the random stream differs from disentanglement_lib's.
 
     Returns ``{"train_accuracy", "eval_accuracy", "num_active_dims"}``.
@@ -975,9 +1020,8 @@ def factor_vae_score(data, encode: Callable, rng, batch_size: int = 64, num_trai
         raise ValueError("factor_vae_score: need batch_size >= 2 and num_variance_estimate >= 2 "
                          "(variances use ddof=1), num_train >= 1, num_eval >= 1")
     g, _ = _seed_from(rng)
-    zs = [_grid_codes(encode, data, data.sample_factors(n, g), "factor_vae_score", max_encode_batch, cache)
-          for n in _chunks(num_variance_estimate, 1, max_encode_batch)]
-    global_var = np.var(np.concatenate(zs), axis=0, ddof=1)
+    fv = np.concatenate([data.sample_factors(n, g) for n in _chunks(num_variance_estimate, 1, max_encode_batch)])
+    global_var = np.var(_grid_codes(encode, data, fv, "factor_vae_score", max_encode_batch, cache), axis=0, ddof=1)
     active = np.sqrt(global_var) >= prune_threshold
     if not active.any():
         return {"train_accuracy": 0.0, "eval_accuracy": 0.0, "num_active_dims": 0.0}
@@ -1155,6 +1199,9 @@ METRICS: dict[str, Callable] = {
     "unsupervised": unsupervised,
     "usefulness": usefulness,
 }
+
+
+from . import metrics_more as _more  # noqa: E402,F401  (adds its metrics to METRICS when it has loaded)
 
 
 def metric_kwargs(metric: str, settings: dict | None = None) -> dict:

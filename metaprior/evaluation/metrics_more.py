@@ -38,27 +38,10 @@ __all__ = ["DEFAULT_SETTINGS_MORE", "FAST_SETTINGS_MORE", "fairness", "inter_gro
            "mig_chen", "reduced_downstream_task", "relative_strength_disentanglement",
            "strong_downstream_task", "udr"]
 
-DEFAULT_SETTINGS_MORE: dict[str, dict] = {
-    "mig_chen": {"num_samples": 10000, "representation": "q(z|x) over the whole grid"},
-    "irs": {"num_train": 10000, "diff_quantile": 0.99, "num_bins": 20},
-    "fairness": {"num_train": 10000, "num_test_points_per_class": 100, "model": "gbt"},
-    "reduced_downstream": {"num_train": (100,), "num_test": 100, "num_factors_to_remove": 1,
-                           "model": "gbt", "importance": "factorwise_dci (gbt)"},
-    "strong_downstream": {"num_train": (1000,), "num_test": 1000, "n_experiment": 2, "model": "gbt"},
-    "udr": {"num_data_points": 1000, "correlation": "lasso", "filter_low_kl": True,
-            "kl_filter_threshold": 0.01},
-}
-FAST_SETTINGS_MORE: dict[str, dict] = {
-    "mig_chen": {"num_samples": 1000, "representation": "q(z|x) over the whole grid"},
-    "irs": {"num_train": 2000, "diff_quantile": 0.99, "num_bins": 20},
-    "fairness": {"num_train": 2000, "num_test_points_per_class": 50, "model": "random_forest"},
-    "reduced_downstream": {"num_train": (100,), "num_test": 100, "num_factors_to_remove": 1,
-                           "model": "random_forest", "importance": "factorwise_dci (random_forest)"},
-    "strong_downstream": {"num_train": (1000,), "num_test": 1000, "n_experiment": 2,
-                          "model": "random_forest"},
-    "udr": {"num_data_points": 1000, "correlation": "lasso", "filter_low_kl": True,
-            "kl_filter_threshold": 0.01},
-}
+#: these metrics' entries of :data:`metaprior.evaluation.metrics.DEFAULT_SETTINGS` / ``FAST_SETTINGS``
+_NAMES = ("mig_chen", "irs", "fairness", "reduced_downstream", "strong_downstream", "udr")
+DEFAULT_SETTINGS_MORE: dict[str, dict] = {k: M.DEFAULT_SETTINGS[k] for k in _NAMES}
+FAST_SETTINGS_MORE: dict[str, dict] = {k: M.FAST_SETTINGS[k] for k in _NAMES}
 
 
 # --------------------------------------------------------------------- Chen's MIG
@@ -494,3 +477,8 @@ def udr(representations: Sequence[np.ndarray], kl: Sequence[np.ndarray] | None =
         pairwise[i, j] = relative_strength_disentanglement(r) if r.size else 0.0
     scores = [float(np.median(np.delete(pairwise[:, i], i))) for i in range(len(reps))]
     return {"model_scores": scores, "pairwise": pairwise.tolist()}
+
+
+M.METRICS.update({"mig_chen": mig_chen, "irs": irs, "fairness": fairness,
+                  "reduced_downstream": reduced_downstream_task,
+                  "strong_downstream": strong_downstream_task, "udr": udr})
