@@ -55,7 +55,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 __all__ = ["TrainingError", "CheckpointError", "DiskFull", "RunDir", "MetricsLog", "RUN_OUTPUTS", "checkpoints",
-           "checkpoint_step", "write_bytes", "write_text", "write_json", "read_json", "update_json", "is_our_config"]
+           "checkpoint_step", "write_bytes", "write_text", "write_json", "read_json", "update_json", "is_our_config",
+           "versions"]
 
 #: names a run of ours writes into its directory (a fresh run refuses a directory holding any of
 #: them unless its config.json is ours)
@@ -171,6 +172,18 @@ def is_our_config(path) -> bool:
 
 
 # ----------------------------------------------------------------------------- checkpoints
+
+
+def versions(modules=("torch", "pyro", "numpy")) -> dict[str, str]:
+    """The ``versions`` of config.json: Python, metaprior and each of ``modules`` (the engine's libraries)."""
+    import platform
+
+    import metaprior
+
+    out = {"python": platform.python_version(), "metaprior": metaprior.__version__}
+    for mod in modules:
+        out[mod] = sys.modules[mod].__version__ if mod in sys.modules else __import__(mod).__version__
+    return out
 
 
 def checkpoint_step(path) -> int:

@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import io
 import json
-import platform
 import random
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,7 +35,7 @@ from pyro import poutine
 from torch import nn
 
 from ..rundir import (CheckpointError, DiskFull, RunDir, TrainingError, checkpoint_step,  # noqa: F401
-                      checkpoints, write_bytes)
+                      checkpoints, versions, write_bytes)
 from .elbo import ELBO, NonFiniteLoss, TermContext, check_finite
 
 
@@ -164,15 +162,6 @@ class _SVIObjective(nn.Module):
         # Only the loss goes back through Fabric's output conversion (walking the traces costs ~1 ms a step).
         self.last_parts, self.last_context = res.parts, res.context
         return res.loss
-
-
-def versions() -> dict[str, str]:
-    import metaprior
-
-    out = {"python": platform.python_version(), "metaprior": metaprior.__version__}
-    for mod in ("torch", "pyro", "numpy"):
-        out[mod] = sys.modules[mod].__version__ if mod in sys.modules else __import__(mod).__version__
-    return out
 
 
 def _numpy_state_to_torch(state) -> dict:

@@ -9,7 +9,7 @@ settings fix (the prior), which the jitted step receives as constants (:func:`ca
 jit-compiled function runs a step and adds its terms to an on-device accumulator, so a step
 is one dispatch (see ``../shared/PITFALLS.md``: jit the update).
 
-Run directory (the contract of :mod:`metaprior.inference.trainer`)::
+Run directory (the contract of :mod:`metaprior.rundir`)::
 
     out/config.json       {**record, "train": asdict(config), "versions": {..., "jax", "numpyro"}}
     out/metrics.jsonl     rows {"step", "loss", "elbo", "rate", "distortion", ..., "wall_s"},
@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from metaprior.rundir import CheckpointError, DiskFull, RunDir, TrainingError, checkpoint_step, checkpoints
+from metaprior.rundir import CheckpointError, DiskFull, RunDir, TrainingError, checkpoint_step, checkpoints, versions
 from metaprior.svae.expfam import check_dirichlet, check_niw_natural
 from metaprior.svae.nets import to_numpy
 
@@ -141,11 +141,7 @@ def latest_state(run_dir) -> tuple[Any, int]:
 
 
 def _versions() -> dict:
-    from metaprior.inference.trainer import versions
-
-    import numpyro
-
-    return {**versions(), "jax": jax.__version__, "numpyro": numpyro.__version__}
+    return versions(("torch", "pyro", "numpy", "jax", "numpyro"))
 
 
 # -- values no valid run gives -------------------------------------------------------------
