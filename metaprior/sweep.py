@@ -12,8 +12,20 @@ and seeds (Locatello et al. 2019, disentanglement_lib). A sweep here is a JSON g
       "seeds": [0, 1, 2],                        # default [0]
       "set": {"latent_dim": 10},                 # settings shared by every run (optional)
       "grid": {"beta": [1, 4, 16]},              # the cartesian product of these lists (optional)
-      "evaluate": ["mig", "dci"]                 # metrics after training (optional)
+      "evaluate": ["mig", "dci"],                # metrics after training (optional)
+      "evaluate_preset": "fast",                 # `metaprior evaluate --preset` (optional; default "default")
+      "evaluate_set": ["beta_vae.num_train=500"] # `metaprior evaluate --set` overrides (optional)
     }
+
+``method`` may also map each method to its own settings and grid, for studies of several
+methods whose hyperparameters differ (disentanglement_lib's study)::
+
+      "method": {"vae": {}, "beta_vae": {"grid": {"beta": [4, 16]}},
+                 "annealed_vae": {"set": {"c_steps": 3000}, "grid": {"c_max": [5, 25]}}}
+
+each method's ``set`` / ``grid`` adding to the top-level ones. Every setting is checked
+against its method's and the trainer's settings, and every metric name against the
+evaluator's, before anything trains.
 
 Every combination of method x grid values x seed is one run directory
 ``out/<method>-<key>=<value>-...-seed<s>`` with the usual contents (``config.json``,
@@ -27,7 +39,8 @@ Execution (``metaprior sweep grid.json [--address ADDR] [--executor ray|serial]`
 default, one task per run (``--cpus-per-run``, ``--gpus-per-run``), on the local machine, or
 on a running cluster with ``--address`` (``ray start --head`` on the head node, ``ray://`` or
 ``auto``). ``--executor serial`` runs the grid one run after another in this process, without
-Ray. Install Ray with the ``sweep`` extra: ``pip install -e ".[sweep]"``.
+Ray; ``--executor joblib --jobs N`` runs N runs at a time in local worker processes (joblib's
+loky backend, no Ray needed). Install Ray with the ``sweep`` extra: ``pip install -e ".[sweep]"``.
 """
 from __future__ import annotations
 
@@ -37,8 +50,9 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-KEYS = {"out", "method", "data", "data_options", "steps", "seeds", "set", "grid", "evaluate", "device"}
-EXECUTORS = ("ray", "serial")
+KEYS = {"out", "method", "data", "data_options", "steps", "seeds", "set", "grid", "evaluate", "device",
+        "evaluate_preset", "evaluate_set"}
+EXECUTORS = ("ray", "serial", "joblib")
 
 
 def load_grid(path) -> dict:
@@ -56,7 +70,7 @@ def load_grid(path) -> dict:
 def check_grid(spec: Mapping[str, Any]) -> dict:
     if not isinstance(spec, Mapping):
         raise ValueError("a sweep grid must be a JSON object with at least 'method' and 'data'")
-    unknown = sorted(set(spec) - KEYS)
+    unknown = sorted(set(spec) - KEYS - {"method_grid"})  # method_grid: a checked grid's per-method entries
     if unknown:
         raise ValueError(f"unknown key(s) {', '.join(unknown)} in the sweep grid; valid: {', '.join(sorted(KEYS))}")
     for key in ("method", "data"):
@@ -65,10 +79,19 @@ def check_grid(spec: Mapping[str, Any]) -> dict:
     from .methods import METHODS
 
     spec = dict(spec)
-    methods = spec["method"] if isinstance(spec["method"], list) else [spec["method"]]
+    per_method = spec["method"] if isinstance(spec["method"], Mapping) else None
+    methods = list(per_method) if per_method is not None else (
+        spec["method"] if isinstance(spec["method"], list) else [spec["method"]])
     for m in methods:
         METHODS[m]  # an unknown name raises with the list of valid ones
     spec["method"] = methods
+    if per_method is not None:
+        spec["method_grid"] = {}
+        for m, sub in per_method.items():
+            sub = sub or {}
+            if not isinstance(sub, Mapping) or set(sub) - {"set", "grid"}:
+                raise ValueError(f"method {m!r}: its entry must be an object with optional 'set' and 'grid', got {sub!r}")
+            spec["method_grid"][m] = {"set": dict(sub.get("set", {})), "grid": dict(sub.get("grid", {}))}
     seeds = spec.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
         raise ValueError(f"'seeds' must be a non-empty list of integers, got {seeds!r}")
@@ -83,13 +106,63 @@ def check_grid(spec: Mapping[str, Any]) -> dict:
     overlap = sorted(set(spec["grid"]) & set(spec.get("set", {})))
     if overlap:
         raise ValueError(f"setting(s) {', '.join(overlap)} appear in both 'set' and 'grid'; keep each in one")
+    for m in methods:
+        set_, grid_ = _method_set_grid(spec, m)
+        if not all(isinstance(v, list) and v for v in grid_.values()):
+            raise ValueError(f"method {m!r}: 'grid' must map each setting to a non-empty list of values")
+        overlap = sorted(set(grid_) & set(set_))
+        if overlap:
+            raise ValueError(f"setting(s) {', '.join(overlap)} appear in both 'set' and 'grid' (method {m!r}); "
+                             "keep each in one")
+        _check_settings(m, set_, grid_)
     steps = spec.get("steps", 1000)
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"'steps' must be a positive integer, got {steps!r}")
     spec["steps"] = steps
     ev = spec.get("evaluate", [])
     spec["evaluate"] = [ev] if isinstance(ev, str) else list(ev)
+    from .evaluation.evaluate import EVAL_METRICS, PRESETS, parse_overrides
+
+    bad = [m for m in spec["evaluate"] if m not in EVAL_METRICS and m != "all"]
+    if bad:
+        raise ValueError(f"unknown metric(s) {', '.join(map(repr, bad))} in the grid's 'evaluate'; "
+                         f"valid: {', '.join(EVAL_METRICS)} (or 'all')")
+    spec["evaluate_preset"] = spec.get("evaluate_preset", "default")
+    if spec["evaluate_preset"] not in PRESETS:
+        raise ValueError(f"unknown evaluate_preset {spec['evaluate_preset']!r}; choose one of {', '.join(PRESETS)}")
+    es = spec.get("evaluate_set", [])
+    spec["evaluate_set"] = [es] if isinstance(es, str) else list(es)
+    parse_overrides(spec["evaluate_set"])  # METRIC.KEY=VALUE, checked here
     return spec
+
+
+def _method_set_grid(spec: Mapping[str, Any], method: str) -> tuple[dict, dict]:
+    """The settings shared by every run of ``method`` and its grid (top level plus its own entry)."""
+    own = spec.get("method_grid", {}).get(method, {})
+    grid = {**spec["grid"], **own.get("grid", {})}
+    shared = {k: v for k, v in spec.get("set", {}).items() if k not in own.get("grid", {})}  # a method's grid wins
+    return {**shared, **own.get("set", {})}, grid
+
+
+def _check_settings(method: str, set_: Mapping[str, Any], grid_: Mapping[str, list]) -> None:
+    """Each setting a known method or training setting, each value accepted by the method (before training)."""
+    import itertools as it
+
+    from .cli import _split_settings
+    from .methods import METHODS, configure
+
+    keys = sorted(grid_)
+    for values in it.product(*(grid_[k] for k in keys)):
+        settings = {k: _arg(v) for k, v in {**set_, **dict(zip(keys, values))}.items()}
+        try:
+            method_settings, _ = _split_settings(settings, METHODS[method])
+            configure(METHODS[method], method_settings)
+        except ValueError as e:
+            raise ValueError(f"method {method!r} with settings {settings}: {e}") from None
+
+
+def _arg(v) -> str:
+    return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
 
 
 def _slug(value) -> str:
@@ -99,25 +172,30 @@ def _slug(value) -> str:
 
 def expand(spec: Mapping[str, Any], out) -> list[dict]:
     """The runs of a checked grid: dicts with ``name``, ``out``, ``method``, ``settings``, ``seed``, ``argv``."""
-    keys = sorted(spec["grid"])
     runs = []
     for method in spec["method"]:
-        for values in itertools.product(*(spec["grid"][k] for k in keys)):
+        set_, grid_ = _method_set_grid(spec, method)
+        keys = sorted(grid_)
+        for values in itertools.product(*(grid_[k] for k in keys)):
             for seed in spec["seeds"]:
                 chosen = dict(zip(keys, values))
                 name = "-".join([method, *(f"{k}={_slug(v)}" for k, v in chosen.items()), f"seed{seed}"])
-                settings = {**spec.get("set", {}), **chosen}
+                settings = {**set_, **chosen}
                 run_dir = Path(out) / name
                 argv = ["train", "--method", method, "--data", str(spec["data"]), "--steps", str(spec["steps"]),
                         "--seed", str(seed), "--out", str(run_dir), "--no-progress", "--no-plots"]
                 for k, v in settings.items():
-                    argv += ["--set", f"{k}={','.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"]
+                    argv += ["--set", f"{k}={_arg(v)}"]
                 for k, v in spec.get("data_options", {}).items():
                     argv += ["--data-option", f"{k}={v}"]
                 if spec.get("device"):
                     argv += ["--device", str(spec["device"])]
+                evaluate = ["--preset", spec.get("evaluate_preset", "default")]
+                for item in spec.get("evaluate_set", []):
+                    evaluate += ["--set", item]
                 runs.append({"name": name, "out": str(run_dir), "method": method, "settings": settings,
-                             "seed": seed, "steps": spec["steps"], "argv": argv, "evaluate": spec["evaluate"]})
+                             "seed": seed, "steps": spec["steps"], "argv": argv, "evaluate": spec["evaluate"],
+                             "evaluate_args": evaluate})
     return runs
 
 
@@ -154,7 +232,7 @@ def execute(run: Mapping[str, Any]) -> dict:
                 argv = ["train", "--out", str(run_dir), "--resume", "--steps", str(run["steps"]), "--no-progress", "--no-plots"]
             code = main(argv)
         if code == 0 and run["evaluate"] and not (run_dir / "eval.json").exists():
-            code = main(["evaluate", str(run_dir), "--metrics", ",".join(run["evaluate"])])
+            code = main(["evaluate", str(run_dir), "--metrics", ",".join(run["evaluate"]), *run.get("evaluate_args", [])])
     row["status"] = "ok" if code == 0 else "error"
     if code != 0:
         row["error"] = err.getvalue().strip().splitlines()[-1] if err.getvalue().strip() else f"exit code {code}"
@@ -166,8 +244,10 @@ def execute(run: Mapping[str, Any]) -> dict:
 
 
 def run_sweep(spec: Mapping[str, Any], out=None, executor: str = "ray", address: str | None = None,
-              cpus_per_run: float = 1.0, gpus_per_run: float = 0.0, progress: bool = True) -> list[dict]:
-    """Expand ``spec`` and execute every run; writes ``out/sweep.jsonl`` and returns its rows."""
+              cpus_per_run: float = 1.0, gpus_per_run: float = 0.0, progress: bool = True, jobs: int = 1) -> list[dict]:
+    """Expand ``spec`` and execute every run; writes ``out/sweep.jsonl`` and returns its rows.
+
+    ``jobs``: runs at a time with ``executor="joblib"`` (worker processes of this machine)."""
     spec = check_grid(spec)
     out = Path(out or spec.get("out") or "")
     if not str(out) or str(out) == ".":
@@ -196,6 +276,15 @@ def run_sweep(spec: Mapping[str, Any], out=None, executor: str = "ray", address:
         if executor == "serial":
             for run in runs:
                 record(execute(run))
+        elif executor == "joblib":
+            if int(jobs) < 1:
+                raise ValueError(f"jobs must be >= 1, got {jobs}")
+            from joblib import Parallel, delayed
+
+            # seed-major order: a sweep stopped early has every model at its first seeds
+            ordered = sorted(runs, key=lambda r: spec["seeds"].index(r["seed"]))
+            for row in Parallel(n_jobs=int(jobs), return_as="generator_unordered")(delayed(execute)(r) for r in ordered):
+                record(row)
         else:
             try:
                 import ray
