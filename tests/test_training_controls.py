@@ -466,3 +466,17 @@ def test_cli_protocol_validate_stop_best_checkpoint_separate_test_file(tmp_path,
     assert main(["evaluate", str(run), "--metrics", "elbo", "--test-data", str(train_file), "--no-progress"]) == 2
     assert main(["evaluate", str(run), "--metrics", "elbo", "--checkpoint", "7", "--no-progress"]) == 2
     assert "no checkpoint for step 7" in capsys.readouterr().err
+
+
+def test_plateau_schedule_steps_on_the_validation_metric_and_threads_reach_torch(tmp_path):
+    curve = iter([-10.0, -11.0, -12.0])
+    v = Validation(None, every=5, evaluate=lambda pair: {"val_elbo": next(curve)})
+    before = torch.get_num_threads()
+    try:
+        t = _digits(tmp_path, None, 15, lr=0.01, lr_schedule="plateau:0.5:0", val_every=5, threads=1, callbacks=[v])
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    # best at the first validation, then two without improvement: halved twice (patience 0)
+    assert t._opt.param_groups[0]["lr"] == pytest.approx(0.01 * 0.25)
+    assert t._plateau is not None and t._sched is None
