@@ -51,7 +51,7 @@ def test_tensorboard_event_file_holds_the_rows_and_the_plots(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from metaprior.inference.loggers import mosaic
+    from metaprior.loggers import mosaic
     from metaprior.plots.figures import prior_sample_batch
     from metaprior.runs import load_run
 
@@ -98,7 +98,7 @@ def test_csv_logger_matches_metrics_jsonl(tmp_path):
 
 
 def test_logger_errors_name_the_fix(tmp_path, monkeypatch, capsys):
-    from metaprior.inference import loggers
+    from metaprior import loggers
     from metaprior.inference.trainer import TrainConfig
 
     with pytest.raises(ValueError, match="logger must be one of none, tensorboard, csv, got 'wandb'"):
@@ -107,3 +107,17 @@ def test_logger_errors_name_the_fix(tmp_path, monkeypatch, capsys):
     code = main(["train", *TINY, "--steps", "5", "--out", str(tmp_path / "r"), "--set", "logger=tensorboard"])
     err = capsys.readouterr().err
     assert code == 2 and 'pip install -e ".[tensorboard]"' in err
+
+
+def test_the_svae_engine_mirrors_its_rows_too(tmp_path):
+    run = tmp_path / "svae"
+    assert main(["train", "--method", "svae_gmm", "--data", "pinwheel", "--data-option", "num_per_class=20",
+                 "--set", "batch_size=20", "--set", "log_every=5", "--set", "meanfield_iters=1", "--set", "hidden=4",
+                 "--steps", "10", "--out", str(run),
+                 "--logger", "csv", "--no-progress", "--no-plots"]) == 0
+    with open(run / "logs" / "csv" / "metrics.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    want = rows(run)
+    assert [int(r["step"]) for r in table] == [r["step"] for r in want] == [5, 10]
+    for key in ("loss", "rate", "distortion"):
+        assert [float(r[key]) for r in table] == pytest.approx([r[key] for r in want], rel=1e-12)

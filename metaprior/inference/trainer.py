@@ -52,7 +52,7 @@ class TrainConfig:
     validations without a new best (:mod:`~metaprior.inference.validation`). ``threads`` > 0 sets
     ``torch.set_num_threads`` (0: torch's default). ``validate`` is Pyro's argument checking
     (``pyro.validation_enabled``), not a validation split. ``logger`` ``"tensorboard"`` or ``"csv"`` mirrors
-    every metrics row to a Lightning Fabric logger under ``out/logs/`` (:mod:`~metaprior.inference.loggers`).
+    every metrics row to a Lightning Fabric logger under ``out/logs/`` (:mod:`~metaprior.loggers`).
     """
 
     steps: int = 1000
@@ -90,7 +90,7 @@ class TrainConfig:
             raise ValueError(f"lr (learning rate) must be a positive number, got {self.lr!r}")
         if self.grad_clip < 0:
             raise ValueError(f"grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
-        from .loggers import LOGGERS
+        from ..loggers import LOGGERS
 
         if self.logger not in LOGGERS:
             raise ValueError(f"logger must be one of {', '.join(LOGGERS)}, got {self.logger!r}")
@@ -399,8 +399,8 @@ class Trainer:
         cfg, data = self.config, self.data
         n_data = int(data.num_examples)
         fh = self._run.metrics_log() if self.out is not None else None  # None on the non-zero ranks
-        if cfg.logger != "none":  # TensorBoard / CSV mirror of the rows (metaprior.inference.loggers)
-            from .loggers import attach
+        if cfg.logger != "none":  # TensorBoard / CSV mirror of the rows (metaprior.loggers)
+            from ..loggers import attach
             fh = attach(self, fh)
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not cfg.progress or not self.fabric.is_global_zero,
                    desc="train", dynamic_ncols=True, leave=False)

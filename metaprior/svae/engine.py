@@ -203,7 +203,7 @@ def train(spec, data, config, out=None, record: Mapping[str, Any] | None = None,
           state=None) -> SVAEResult:
     """Train ``spec`` on ``data`` for ``config.steps`` steps (a ``TrainConfig``-like object).
 
-    Uses ``config.steps, batch_size, lr, seed, log_every, checkpoint_every, keep_checkpoints,
+    Uses ``config.steps, batch_size, lr, seed, log_every, checkpoint_every, keep_checkpoints, logger,
     progress``. With ``out`` the run directory is written (:class:`metaprior.rundir.RunDir`: locked,
     atomic files; with ``resume``, continued from its newest checkpoint); without it training
     happens in memory. ``state`` overrides the initial state (``spec.init_state(PRNGKey(seed),
@@ -288,6 +288,9 @@ def _train(spec, data, cfg, run, ckpt, state) -> SVAEResult:
         raise TrainingError(f"the SVAE run became invalid {what}{where}. Lower lr or natgrad_step, or check the data")
 
     fh = run.metrics_log() if run is not None else None
+    if fh is not None and getattr(cfg, "logger", "none") != "none":  # TensorBoard / CSV mirror of the rows
+        from metaprior.loggers import MirroredLog, make_logger
+        fh = MirroredLog(fh, make_logger(cfg.logger, out))
     bar = None
     if cfg.progress:
         from tqdm.auto import tqdm

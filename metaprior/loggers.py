@@ -1,5 +1,8 @@
 """Training logs for TensorBoard (or CSV) through Lightning Fabric's loggers, beside ``metrics.jsonl``.
 
+Both engines use it: the torch trainer (:func:`attach`, which adds the plot images) and the
+NumPyro/JAX SVAE engine (:class:`MirroredLog` of :func:`make_logger`, scalars only).
+
 ``metrics.jsonl`` stays the run's source of truth; a logger mirrors it. Every row written there
 (training rows: loss, elbo, rate, distortion, each regularizer term and each weight by name;
 validation rows) goes to ``logger.log_metrics(row, step=row["step"])`` with its numeric entries,
@@ -152,7 +155,7 @@ class PlotImages:
         import pyro
         import torch
 
-        from ..plots.figures import _is_image, prior_sample_batch, reconstruction_batch, traversal_batch
+        from .plots.figures import _is_image, prior_sample_batch, reconstruction_batch, traversal_batch
 
         pair, shape = trainer.pair, tuple(getattr(trainer.data, "observation_shape", ()))
         if not (hasattr(pair, "encode") and hasattr(pair, "decode")) or not _is_image(shape):
