@@ -128,3 +128,18 @@ def test_eta_squared_against_within_group_sum_of_squares():
     rows = [{"method": "m", "model": f"m {g}", "x": x} for x, g in zip(values, groups)]
     (entry,) = [t for t in variance_table(rows, ["x"]) if t["scope"] == "m"]
     assert entry["share"] + entry["seed_share"] == pytest.approx(1.0) and entry["runs"] == 6
+
+
+def test_factor_vae_kim_mnih_critic_preset():
+    from torch import nn
+
+    from metaprior.methods import METHODS, configure
+
+    paper = configure(METHODS["factor_vae"], {"critic": "kim_mnih", "critic_hidden": "8"}).terms(None)["tc"][1]
+    custom = configure(METHODS["factor_vae"], {"critic_hidden": "8"}).terms(None)["tc"][1]
+    widths = [m.out_features for m in paper.net if isinstance(m, nn.Linear)]
+    assert widths == [1000] * 6 + [1] and all(isinstance(m, nn.LeakyReLU) for m in paper.net[1:12:2])
+    assert paper.lr == 1e-4 and paper.betas == (0.5, 0.9)
+    assert [m.out_features for m in custom.net if isinstance(m, nn.Linear)] == [8, 1]
+    with pytest.raises(ValueError, match="unknown critic"):
+        configure(METHODS["factor_vae"], {"critic": "huge"})
