@@ -384,16 +384,13 @@ DEFAULT_METRICS = ("elbo", "iwae")
 
 
 def _engine_metrics(engine, asked: list[str], name: str) -> list[str]:
-    """The metrics a recipe with its own evaluation computes: its default list when none is asked for, every one
-    it supports for ``all``, else exactly the names asked for, refused when the recipe does not know one. The
-    supported names are the recipe's ``metric_names`` or its module's ``EVAL_METRICS`` (when it declares neither,
-    the recipe checks the names itself)."""
-    import inspect
-
-    default = inspect.signature(engine.evaluate_run).parameters["metrics"].default
+    """The metrics a recipe with its own evaluation computes: every one it supports for ``all`` (and when none is
+    asked for, unless it supports the command's default elbo,iwae), else exactly the names asked for, refused when
+    the recipe does not know one. The supported names are the recipe's ``metric_names`` or its module's
+    ``EVAL_METRICS``; a recipe that declares neither gets the names as given (or elbo,iwae) and checks them."""
     valid = getattr(engine, "metric_names", None) or getattr(sys.modules[type(engine).__module__], "EVAL_METRICS", None)
     if not asked:
-        return list(default)
+        return list(DEFAULT_METRICS) if valid is None or set(DEFAULT_METRICS) <= set(valid) else list(valid)
     if valid is None:
         return asked
     if asked == ["all"]:
