@@ -63,7 +63,7 @@ def _scatter(points: dict[str, np.ndarray], path, title: str) -> Path:
     for (label, p), marker in zip(points.items(), ("o", "x", ".")):
         p = p.reshape(len(p), -1)
         ax.scatter(p[:, 0], p[:, 1] if p.shape[1] > 1 else np.zeros(len(p)), s=6, marker=marker, label=label, alpha=0.7)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
     ax.set_title(title, fontsize=10)
     return save_figure(fig, path)
 
@@ -236,8 +236,8 @@ def rate_distortion(points: Sequence[dict], path, entropy: float | None = None,
     ax.set_xlabel("rate R = E KL(q(z|x) || p(z))  (nats)")
     ax.set_ylabel("distortion D = E[-log p(x|z)]  (nats)")
     ax.set_title(title, fontsize=10)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8, loc="upper right")
+    if ax.get_legend_handles_labels()[0]:  # below the axes: never over the points
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
     fig.tight_layout()
     return save_figure(fig, path)
 
