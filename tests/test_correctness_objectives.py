@@ -683,3 +683,81 @@ def test_particles_average_and_the_monte_carlo_rate(digits):
     assert close(mc.parts["rate"], r, rel=1e-5)
     assert close(mc.loss, hand_distortion(pair, x, z) + 2.0 * r, rel=1e-5)
     assert abs(float(r - hand_rate(loc, scale))) > 1e-3  # the sampled KL is not the analytic one
+
+
+# ================================================== estimators: defaults, boundaries and errors
+def _hand_hsic(kx, ky):
+    n = len(kx)
+    h = np.eye(n) - 1.0 / n
+    return float(np.trace(kx @ h @ ky @ h)) / (n - 1) ** 2
+
+
+def _gram(u, kernel, c):
+    u = np.asarray(u, np.float64)
+    sq = ((u[:, None] - u[None]) ** 2).sum(-1)
+    return np.exp(-sq / (2 * c**2)) if kernel == "rbf" else c / (c + sq)
+
+
+def test_hsic_and_dhsic_defaults_by_hand():
+    """hsic's IMQ default is C = 2 a for x [n, a] and 2 b for y [n, b]; dhsic's default kernel is the RBF and
+    for two variables dHSIC = (n - 1)^2 / n^2 HSIC (Pfister et al. 2016, V-statistic normalization)."""
+    from metaprior.inference.estimators import dhsic, hsic
+
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(9, 2, generator=g, dtype=F64)
+    y = x[:, :1] ** 2 + 0.3 * torch.randn(9, 3, generator=g, dtype=F64)
+    want = _hand_hsic(_gram(x, "imq", 4.0), _gram(y, "imq", 6.0))
+    assert hsic(x, y, kernel="imq").item() == pytest.approx(want, rel=1e-10)
+    want = _hand_hsic(_gram(x, "rbf", 1.3), _gram(y, "rbf", 1.3))
+    assert dhsic([x, y], bandwidth=1.3).item() == pytest.approx(64 / 81 * want, rel=1e-10)
+    want = _hand_hsic(_gram(x, "imq", 4.0), _gram(y, "imq", 6.0))
+    assert dhsic([x, y], kernel="imq").item() == pytest.approx(64 / 81 * want, rel=1e-10)
+
+
+def test_median_heuristic_falls_back_to_one_when_most_pairs_coincide():
+    """More than half the pooled pairs at distance 0 make the median 0; the bandwidth is then 1, not 0 (no NaN)."""
+    x = torch.zeros(4, 1, dtype=F64)
+    y = torch.tensor([[0.0], [1.0]], dtype=F64)
+    k = lambda a, b: math.exp(-((a - b) ** 2) / 2)  # noqa: E731  (h = 1)
+    want = 1.0 + k(0, 1) * 2 / 2 - 2 * (4 * 1 + 4 * k(0, 1)) / 8  # kxx off-diag all 1; kyy: k(0,1); kxy
+    assert mmd(x, y, kernel="rbf").item() == pytest.approx(want, rel=1e-12)
+
+
+def test_dip_penalty_at_the_smallest_batch():
+    """Two codes are enough for a covariance (M = 2); one is refused naming the count."""
+    loc = torch.tensor([[0.5, -1.0], [1.5, 2.0]], dtype=F64)
+    off, diag = dip_parts(brute_cov(loc))
+    assert dip_penalty(loc, kind="i", lambda_od=2.0, lambda_d=3.0).item() == pytest.approx(2 * off + 3 * diag, rel=1e-12)
+    with pytest.raises(ValueError, match="at least 2 codes to form a covariance, got 1"):
+        dip_penalty(loc[:1])
+
+
+def test_estimator_errors_name_the_argument():
+    from metaprior.inference.estimators import dhsic, gaussian_kl, hsic
+
+    a, s = torch.randn(4, 2, dtype=F64), torch.ones(4, 2, dtype=F64)
+    cases = [
+        (lambda: gaussian_kl(a[0], s), r"^loc must have shape \[M, D\]"),
+        (lambda: gaussian_kl(a, s[0]), r"^scale must have shape \[M, D\]"),
+        (lambda: gaussian_kl(a, -s), r"^scale must be strictly positive"),
+        (lambda: mmd(a[:1], a), r"^x needs at least 2 samples"),
+        (lambda: mmd(a, a[:1]), r"^y needs at least 2 samples"),
+        (lambda: mmd(a, a, kernel="gauss"), r"^unknown kernel 'gauss'"),
+        (lambda: mmd(a, a, kernel="rbf", bandwidth=0.0), r"^bandwidth must be a positive finite number, got 0"),
+        (lambda: hsic(a[:1], a), r"^x needs at least 2 samples"),
+        (lambda: hsic(a, a[:1]), r"^y needs at least 2 samples"),
+        (lambda: hsic(a, a[:3]), r"^x has 4 rows but y has 3"),
+        (lambda: hsic(a, a, kernel="gauss"), r"^unknown kernel 'gauss'"),
+        (lambda: dhsic([a, a[:1]]), r"^samples\[1\] needs at least 2 samples"),
+        (lambda: dhsic([a, a[:3]]), r"row counts \[4, 3\] differ"),
+        (lambda: dhsic([a, a], kernel="gauss"), r"^unknown kernel 'gauss'"),
+        (lambda: dip_penalty(a[0]), r"^loc must have shape \[M, D\]"),
+        (lambda: dip_penalty(a, kind="ii"), r"needs the encoder scale: pass scale=\[M, D\]"),
+        (lambda: dip_penalty(a, s[0], kind="ii"), r"^scale must have shape \[M, D\]"),
+        (lambda: dip_penalty(a, s[:, :1], kind="ii"), r"shape mismatch: loc \(4, 2\), scale \(4, 1\)"),
+        (lambda: dip_penalty(a, lambda_od=-1.0), r"^lambda_od must be a finite number >= 0"),
+        (lambda: dip_penalty(a, lambda_d=float("inf")), r"^lambda_d must be a finite number >= 0"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ValueError, match=message):
+            call()
