@@ -36,6 +36,10 @@ def coerce(value: str, typ, key: str):
     except (TypeError, ValueError) as e:
         if "finite" in str(e):
             raise
+        if origin is tuple:
+            inner = getattr(typing.get_args(typ)[0], "__name__", "value")
+            raise ValueError(f"cannot read {key}={value!r} as a tuple of {inner}s: give comma-separated {inner} values, "
+                             f"e.g. --set {key}=400 for one or {key}=512,256 for two") from None
         raise ValueError(f"cannot read {key}={value!r} as {getattr(typ, '__name__', typ)}") from None
 
 

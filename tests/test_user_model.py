@@ -273,3 +273,10 @@ def test_evaluate_draws_one_progress_bar_per_metric_on_stderr(tmp_path, capsys):
     err = capsys.readouterr().err
     for name, total in (("elbo", 12), ("iwae", 12), ("mig", 1)):
         assert f"{name}: 100%" in err and f"{total}/{total}" in err
+
+
+def test_a_tuple_setting_that_cannot_be_read_shows_the_format(tmp_path, capsys):
+    code, _, err = run(capsys, "train", "--method", "vae", "--data", "digits", "--set", "hidden=abc", "--steps", "1",
+                       "--out", str(tmp_path / "r"), "--no-progress", "--no-plots")
+    assert code == 2
+    assert "cannot read hidden='abc' as a tuple of ints: give comma-separated int values, e.g. --set hidden=400" in err
