@@ -480,7 +480,7 @@ def evaluate_run(run, metrics: str | Sequence[str], preset: str = "default",
                 for k, v in iwae_summary(lw).items():
                     results[k] = {"value": v, "settings": hb}
             bar.update(bar.total - bar.n)
-        except (MissingPiece, DeterministicGuide) as e:
+        except (MissingPiece, DeterministicGuide, NotImplementedError) as e:  # e.g. a discrete guide site: no rsample
             skipped[metric] = str(e)
             print(f"metaprior: skipped {metric}: {e}", file=sys.stderr)
         except ValueError as e:
