@@ -199,6 +199,25 @@ def state_problem(state) -> str | None:
     return None
 
 
+@jax.jit
+def _globals_ok(glob):
+    """A one-dispatch screen of :func:`state_problem` on ``state["globals"]`` (finite, NIW scale
+    Cholesky-factorable, kappa > 0, nu > d - 1, Dirichlet concentrations > 0), run at every row;
+    a False is confirmed and explained on the host by :func:`state_problem`."""
+    ok = jnp.bool_(True)
+    for leaf in jax.tree_util.tree_leaves(glob):
+        ok &= jnp.all(jnp.isfinite(leaf))
+    if "niw" in glob:
+        A, b, c, n = glob["niw"]
+        d = b.shape[-1]
+        S = A - b[..., :, None] * b[..., None, :] / c[..., None, None]
+        ok &= jnp.all(c > 0) & jnp.all(n - d - 2 > d - 1) & jnp.all(jnp.isfinite(jnp.linalg.cholesky(S)))
+    for key in ("dirichlet", "init", "trans"):
+        if key in glob:
+            ok &= jnp.all(glob[key] + 1.0 > 0)
+    return ok
+
+
 def train(spec, data, config, out=None, record: Mapping[str, Any] | None = None, resume: bool = False,
           state=None) -> SVAEResult:
     """Train ``spec`` on ``data`` for ``config.steps`` steps (a ``TrainConfig``-like object).
@@ -315,9 +334,10 @@ def _train(spec, data, cfg, run, ckpt, state) -> SVAEResult:
                 bad = _bad_terms(names, acc_np, acc_n)
                 if bad:
                     stop(_describe(bad), step)
-                sp = state_problem({"globals": state["globals"]} if "globals" in state else {})
-                if sp:
-                    stop(sp, step)
+                if "globals" in state and not bool(_globals_ok(state["globals"])):
+                    sp = state_problem({"globals": state["globals"]})
+                    if sp:
+                        stop(sp, step)
             if on_grid:
                 last = _row(step, names, acc_np, acc_n, t0)
                 if fh is not None:
