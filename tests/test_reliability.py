@@ -586,3 +586,31 @@ def test_m1m2_with_a_truncated_m1_checkpoint_names_the_older_one(tmp_path, capsy
     assert main(["train", "--resume", "--out", str(out), "--no-progress", "--no-plots"]) == 0
     assert [p.name for p in checkpoints(out / "m1")][-1] == "step_0000006.ckpt"
     assert [r["step"] for r in rows(out)] == [2, 4]
+
+
+def test_disk_full_on_a_real_small_tmpfs(torch_ref, tmp_path):
+    """The same as the simulated ENOSPC case, on a tmpfs that holds one checkpoint and not two (root only)."""
+    import math
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    size = (torch_ref / "20" / "checkpoints" / "step_0000020.ckpt").stat().st_size
+    pages = 3 + math.ceil(size / 4096) + math.ceil(size / 4096) // 2   # config, log, lock, one checkpoint and a half
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={pages * 4}k", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        out = mnt / "r"
+        with pytest.raises(TrainingError) as e:
+            torch_run(out, 20)
+        msg = str(e.value)
+        assert f"no space left on the device to write {out / 'checkpoints' / 'step_0000020.ckpt'}" in msg
+        assert f"{size:,} bytes needed" in msg and f"metaprior train --resume --out {out}" in msg
+        assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_0000010.ckpt"]   # no partial temp file
+        assert [r["step"] for r in rows(out)] == [5, 10, 15, 20]
+        assert strip(rows(out)) == strip(rows(torch_ref / "20"))
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
