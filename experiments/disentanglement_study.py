@@ -74,7 +74,8 @@ def annealed_tracking(rows, runs_dir: Path, path: Path):
     ax.set_xlabel("step")
     ax.set_ylabel("nats")
     ax.set_title("annealed VAE: training rate R (solid) and capacity C(t) (dashed)", fontsize=9)
-    ax.legend(fontsize=6)
+    if out:
+        ax.legend(fontsize=6)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     save_figure(fig, path)

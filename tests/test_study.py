@@ -143,3 +143,24 @@ def test_factor_vae_kim_mnih_critic_preset():
     assert [m.out_features for m in custom.net if isinstance(m, nn.Linear)] == [8, 1]
     with pytest.raises(ValueError, match="unknown critic"):
         configure(METHODS["factor_vae"], {"critic": "huge"})
+
+
+def test_experiment_script_writes_verdicts_and_vib(study, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    spec, out = study
+    root = Path(__file__).resolve().parents[1]
+    mod_spec = importlib.util.spec_from_file_location("disentanglement_study", root / "experiments" / "disentanglement_study.py")
+    mod = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(mod)
+    results = tmp_path / "results"
+    shutil.copytree(out, results / "runs")
+    (results / "grid_used.json").write_text(json.dumps(spec))
+    assert mod.main(["--results", str(results), "--vib", "--tiny"]) == 0
+    text = (results / "RESULTS.md").read_text()
+    assert "Runs: 6 of 6 finished and evaluated." in text and "Fig. 7b" in text
+    vib = (results / "vib.csv").read_text().splitlines()
+    assert vib[0] == "beta,rate,distortion_y,test_accuracy" and len(vib) == 4
+    rates = [float(line.split(",")[1]) for line in vib[1:]]
+    assert rates[0] > rates[-1]  # beta 1e-3 keeps more information about x than beta 1
