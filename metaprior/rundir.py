@@ -25,6 +25,8 @@ What this module guarantees (each is tested in ``tests/test_reliability.py``):
   (:data:`RUN_OUTPUTS`) that no run of ours wrote. A run of ours that stopped before its first
   checkpoint is not a run: starting it again (with or without ``--resume``) starts from step 0.
   A refusal leaves the directory as it found it.
+* **Results files.** :func:`update_json` merges new values into ``eval.json`` atomically; a damaged
+  file is moved aside (``eval.json.damaged``) with a note, never lost silently nor fatal.
 * **Resume keeps the log.** :meth:`RunDir.rewind_metrics` drops the rows after the checkpoint
   (and the checkpoint's own off-grid row, which the checkpointed accumulator re-makes) with one
   atomic rewrite, and keeps the final row of a finished run.
@@ -35,8 +37,8 @@ Engines use it as::
     ckpt = run.open(resume, record)           # lock, clean temp files, check; None: start at step 0
     try:
         ...                                    # load ckpt / train
-        run.rewind_metrics(step, log_every, steps)
-        with run.metrics_log() as log:         # MetricsLog: append(row)
+        rows = run.rewind_metrics(step, pending, steps)   # pending: steps in the checkpoint's accumulator
+        with run.metrics_log() as log:         # MetricsLog: append(row); None where writer=False
             ...
             run.save_checkpoint(step, payload_bytes, keep)
     finally:
