@@ -414,7 +414,8 @@ def cmd_sweep(args) -> int:
     from .sweep import load_grid, run_sweep
 
     rows = run_sweep(load_grid(args.grid), out=args.out, executor=args.executor, address=args.address,
-                     cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run, progress=not args.no_progress)
+                     cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run, progress=not args.no_progress,
+                     jobs=args.jobs)
     for r in rows:
         shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.get("eval", {}).items()}
         loss = r["final"].get("loss")
@@ -508,11 +509,12 @@ def build_parser() -> argparse.ArgumentParser:
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     sw.add_argument("grid", help="JSON grid file (see above)")
     sw.add_argument("--out", default=None, help="parent directory of the runs (overrides the grid's 'out')")
-    sw.add_argument("--executor", choices=("ray", "serial"), default="ray",
+    sw.add_argument("--executor", choices=("ray", "serial", "joblib"), default="ray",
                     help="ray (default; local, or the cluster at --address) or serial (this process, no Ray)")
     sw.add_argument("--address", default=None, help="Ray cluster address (e.g. auto, ray://host:10001); default: local")
     sw.add_argument("--cpus-per-run", type=float, default=1.0)
     sw.add_argument("--gpus-per-run", type=float, default=0.0)
+    sw.add_argument("--jobs", type=int, default=1, help="runs at a time with --executor joblib")
     sw.add_argument("--no-progress", action="store_true")
     sw.set_defaults(fn=cmd_sweep)
 
