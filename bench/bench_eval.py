@@ -13,14 +13,25 @@ the same process. Each prints its seconds and value, and
 (< 1: the library is faster). Both run with the same number of BLAS threads (one by
 default: the library's metrics limit BLAS to one thread, which on a busy 2-core machine
 alone makes thousands of tiny sklearn fits several times faster; the benchmark gives the
-references the same limit so the ratio measures the code). The references are the textbook loops, as in
-disentanglement_lib's structure: MIG / modularity / unsupervised MI with a loop over every
-(code, factor) pair and ``sklearn.metrics.mutual_info_score``; the BetaVAE and FactorVAE
-scores with a loop over training points, one ``encode`` call per batch of 64; DCI, SAP and
-usefulness with the same per-factor (per-code) sklearn fits as the library (so their
-ratio shows the overhead only: those metrics are dominated by the model fits); the ELBO
-decomposition with a loop over samples, each evaluated against all N encodings in numpy.
-The ArviZ, ELBO and IWAE metrics need a decoder and are not timed here.
+references the same limit so the ratio measures the code). The references follow
+disentanglement_lib's functions step by step (its loops, its sklearn calls, its sample
+sizes): MIG / modularity / unsupervised MI with a loop over every (code, factor) pair and
+``sklearn.metrics.mutual_info_score``; the BetaVAE and FactorVAE scores with a loop over
+training points, one ``encode`` call per batch of 64; DCI, SAP, modularity's explicitness and
+usefulness with disentanglement_lib's per-factor (per-code) sklearn fits, one after the other;
+IRS with its loop over factor values and ``np.quantile``; fairness, the reduced and strong
+downstream tasks and UDR with their loops (fairness encodes in batches of 16 as
+``utils.obtain_representation``); Chen et al.'s MIG with their ``estimate_entropies`` loop (10
+samples at a time against all N encodings); the ELBO decomposition with a loop over samples,
+each evaluated against all N encodings in numpy. The references draw the same random rows
+as the library where the library draws them, so every line ``equal <metric> <max |lib - ref|>``
+compares values on identical inputs (tree learners: same seed; DCI and usefulness get the codes
+in the library's canonical column order). Before each standalone case the library's shared
+caches are cleared; ``usefulness_after_dci`` and ``factor_vae_after_beta_vae`` time the library
+as ``metaprior evaluate`` runs it (after DCI's fits / BetaVAE's codes), against the standalone
+reference time. The ArviZ, ELBO and IWAE metrics need a decoder and are not timed here.
+``--side lib`` / ``--side ref`` time one side only (to run the two in separate processes);
+``--combine LOG...`` prints the ratio and equal lines of such runs.
 
 Presets. The full disentanglement_lib default (``--default``) would exceed 5 minutes on 2
 CPU cores by far (DCI's and usefulness' gradient-boosted trees on 10,000 points with 40

@@ -410,7 +410,7 @@ def test_parallel_and_sequential_fits_give_identical_values(sample, identity_cod
     f_tr, f_te, n_tr, n_te = sample
     c_tr, c_te = identity_codes
     args = (c_tr[:300] + n_tr[:300], f_tr[:300], c_te[:200], f_te[:200])
-    monkeypatch.setattr(M, "_PARALLEL_MIN_WORK", 0)  # force the worker processes on tiny data
+    monkeypatch.setattr(M, "_PARALLEL_MIN_WORK", 0)  # force the worker threads on tiny data
     calls = [(M.dci, dict(model="random_forest")), (M.sap, {}), (M.modularity_explicitness, {}),
              (M.usefulness, dict(sizes=(50, 300), models=("logistic", "random_forest")))]
     for fn, kw in calls:
