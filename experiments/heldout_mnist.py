@@ -148,12 +148,22 @@ def write_table(rows: list[dict], out: Path, command: str) -> None:
     by = {}
     for r in rows:
         by.setdefault(r["recipe"], []).append(r["test_nll"])
-    lines += ["", f"The issue's plain-recipe numbers: {ISSUE_PLAIN}. Goal: <= 100 nats.", ""]
+    lines += ["", f"The issue's plain-recipe numbers: {ISSUE_PLAIN}. Goal: <= 100 nats.",
+              "Paper: Burda et al. (2016, Table 1; all 60,000 training images, dynamic binarization, one stochastic "
+              "layer, K = 5000 at test): VAE 86.76, IWAE (k = 5) 85.54 nats, IWAE better than VAE. Our setting "
+              "(8,000 images, threshold binarization, the last 2,000 t10k images) is far smaller, so only the "
+              "ordering compares.", ""]
     if "plain" in by and "recipe" in by:
         p, q = np.mean(by["plain"]), np.mean(by["recipe"])
-        verdict = "reached" if q <= 100 else "not reached"
-        lines.append(f"Verdict: recipe {q:.2f} vs plain {p:.2f} nats (mean over seeds run): "
-                     f"{p - q:+.2f} nats better; the <= 100 goal is {verdict}.")
+        e = np.mean([r["test_elbo"] for r in rows if r["recipe"] == "plain"])
+        gain = p - q
+        lines.append(
+            f"Verdict: recipe {q:.2f} vs plain {p:.2f} nats (mean over the seeds run, {len(by['recipe'])} and "
+            f"{len(by['plain'])}): the recipe is {gain:.2f} nats better, the ordering of Burda et al. "
+            f"(IWAE-trained better than VAE-trained). The issue's plain ~106 is not reproduced by this script: its plain "
+            f"recipe gives {p:.2f} on this protocol (test ELBO {e:.2f}), so '<= 100 nats' holds for both and does not "
+            f"separate them; the improvement the goal asked for (about 6 nats, 106 -> 100) is "
+            f"{'reached' if gain >= 6 else 'not reached'} ({gain:.2f} nats).")
     (out / "results.md").write_text("\n".join(lines) + "\n")
 
 
@@ -195,8 +205,8 @@ def main(argv=None) -> int:
                                                   "evaluated_epoch", "wall_s")}), flush=True)
             cmd = "python experiments/heldout_mnist.py " + " ".join(argv if argv is not None else sys.argv[1:])
             if args.collect:
-                cmd = ("one `python experiments/heldout_mnist.py --recipes R --seeds S` per row, in parallel "
-                       "(.devq/heldout_mnist.sh), then `" + cmd + "`")
+                cmd = ("rows of the runs made by `python experiments/heldout_mnist.py --recipes R --seeds S` (the "
+                       "default --recipes and --seeds 0 run them all in turn), collected by `" + cmd + "`")
             write_table(rows, out, cmd)
     return 0
 
