@@ -61,8 +61,9 @@ TRAIN_KEYS = ("step", "loss", "rate", "distortion", "capacity", "tc", "wall_s")
 def _last_row(path: Path) -> dict:
     if not path.exists():
         return {}
-    lines = [s for s in path.read_text().splitlines() if s.strip()]
-    return json.loads(lines[-1]) if lines else {}
+    rows = [json.loads(s) for s in path.read_text().splitlines() if s.strip()]
+    rows = [r for r in rows if "val_metric" not in r]  # the last training row, not a validation row
+    return rows[-1] if rows else {}
 
 
 def model_label(method: str, swept: Mapping[str, Any]) -> str:

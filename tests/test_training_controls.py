@@ -480,3 +480,32 @@ def test_plateau_schedule_steps_on_the_validation_metric_and_threads_reach_torch
     # best at the first validation, then two without improvement: halved twice (patience 0)
     assert t._opt.param_groups[0]["lr"] == pytest.approx(0.01 * 0.25)
     assert t._plateau is not None and t._sched is None
+
+
+def test_readers_of_metrics_jsonl_skip_validation_rows(tmp_path):
+    from metaprior.evaluation.report import _read_jsonl_last
+    from metaprior.plots.figures import training_curves
+    from metaprior.study import _last_row
+
+    p = tmp_path / "metrics.jsonl"
+    rows = []
+    for s in range(1, 6):
+        rows += [{"step": s * 10, "loss": 10.0 - s, "rate": 1.0, "distortion": 9.0 - s},
+                 {"step": s * 10, "val_elbo": -20.0, "val_metric": "val_elbo"}]
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert _read_jsonl_last(p)["loss"] == 5.0 and _last_row(p)["loss"] == 5.0
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    made = []
+    orig = plt.Axes.plot
+
+    def spy(self, x, y, *a, **k):
+        made.append(np.asarray(y, dtype=float))
+        return orig(self, x, y, *a, **k)
+    plt.Axes.plot = spy
+    try:
+        training_curves(p, tmp_path / "t.png")
+    finally:
+        plt.Axes.plot = orig
+    assert made and all(np.isfinite(y).all() and len(y) == 5 for y in made)  # no NaN gaps from validation rows

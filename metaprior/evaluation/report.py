@@ -29,8 +29,9 @@ TABLE_KEYS = ("mig", "dci.disentanglement", "dci.completeness", "dci.informative
 def _read_jsonl_last(path: Path) -> dict:
     if not path.exists():
         return {}
-    lines = [s for s in path.read_text().splitlines() if s.strip()]
-    return json.loads(lines[-1]) if lines else {}
+    rows = [json.loads(s) for s in path.read_text().splitlines() if s.strip()]
+    rows = [r for r in rows if "val_metric" not in r]  # the last training row, not a validation row
+    return rows[-1] if rows else {}
 
 
 def collect(run_dirs: Sequence[str | Path]) -> list[dict]:

@@ -165,11 +165,13 @@ def training_curves(metrics_path, path, keys: Sequence[str] = ("loss", "rate", "
     tenth of the steps (the start-up transient, often ten times larger, runs off the top, marked with an arrow
     when it does) and each panel's title states the final value."""
     rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
-    keys = [k for k in keys if rows and k in rows[0]] or list(keys[:1])
+    keys = [k for k in keys if any(k in r for r in rows)] or list(keys[:1])
     fig, axes = plt.subplots(1, len(keys), figsize=(3.7 * len(keys), 3), squeeze=False)
-    steps = [r["step"] for r in rows]
     for ax, key in zip(axes[0], keys):
-        v = np.array([r.get(key, float("nan")) for r in rows], dtype=np.float64)
+        # rows without the key (validation rows beside training rows, see inference/validation.py) are left out
+        have = [r for r in rows if key in r] or rows
+        steps = [r["step"] for r in have]
+        v = np.array([r.get(key, float("nan")) for r in have], dtype=np.float64)
         ax.plot(steps, v, lw=1)
         unit = {"loss": " (nats / example)", "rate": " (nats)", "distortion": " (nats)"}.get(key, "")
         final = v[np.isfinite(v)][-1] if np.isfinite(v).any() else float("nan")
