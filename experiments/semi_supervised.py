@@ -25,6 +25,7 @@ M2 against 77.1 % for the classifier.
     python experiments/semi_supervised.py --out runs/ssl                    # full CPU setting (M2 and M1+M2)
     python experiments/semi_supervised.py --methods m1m2 --out runs/ssl     # the M1+M2 rows alone
     python experiments/semi_supervised.py --out runs/ssl --collect runs/a runs/b   # one table from several runs
+    python experiments/semi_supervised.py --out runs/ssl --diagnose        # q(y|x) of its M2 runs: diagnostics.json
 
 Writes one run directory per model (``m2_<data>_seed<s>``, ``m1m2_<data>_seed<s>`` with M1
 in its ``m1/``; ``metaprior evaluate`` reads them), ``results.json``, ``results.md`` (mean
@@ -201,7 +202,11 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     p.add_argument("--collect", nargs="+", metavar="DIR",
                    help="train nothing: write one table into --out from these folders' results.json")
+    p.add_argument("--diagnose", action="store_true",
+                   help="train nothing: write diagnostics.json of q(y|x) for the M2 runs in --out")
     args = p.parse_args(argv)
+    if args.diagnose:
+        return diagnose(Path(args.out))
     if args.collect:
         return collect(args.collect, Path(args.out))
     if args.threads:
@@ -231,6 +236,33 @@ def main(argv=None) -> int:
             rows.append(row)
             print(json.dumps(row), flush=True)
             write_results(rows, vars(args), out)  # after every row: a stopped run keeps what it finished
+    return 0
+
+
+@torch.no_grad()
+def diagnose(folder: Path) -> int:
+    """How q(y|x) of each M2 run under ``folder`` behaves: held-out accuracy, confidence, entropy, the
+    predicted-class counts, the confusion matrix and the accuracy on its own labelled points (-> diagnostics.json)."""
+    out = {}
+    for run_dir in sorted(Path(folder).glob("m2_*_seed*")):
+        run = load_run(run_dir)
+        ssl = run.method.semi_supervised(run.data)
+        x, y = ssl.test_set()
+        p = torch.softmax(run.pair.classifier(torch.as_tensor(x)), -1).numpy()
+        pred = p.argmax(1)
+        xl, yl = ssl.labelled_set()
+        lab = run.pair.classifier(torch.as_tensor(xl)).argmax(-1).numpy()
+        confusion = np.zeros((ssl.num_classes, ssl.num_classes), dtype=int)
+        np.add.at(confusion, (y, pred), 1)
+        out[run_dir.name] = {"test_accuracy": float((pred == y).mean()), "mean_max_probability": float(p.max(1).mean()),
+                             "mean_entropy_nats": float(-(p * np.log(p + 1e-12)).sum(1).mean()),
+                             "predicted_counts": np.bincount(pred, minlength=ssl.num_classes).tolist(),
+                             "labelled_accuracy": float((lab == yl).mean()),
+                             "confusion_true_by_predicted": confusion.tolist()}
+        print(run_dir.name, json.dumps({k: v for k, v in out[run_dir.name].items() if "confusion" not in k}))
+    if not out:
+        raise SystemExit(f"--diagnose: no m2_* run directories in {folder}")
+    (Path(folder) / "diagnostics.json").write_text(json.dumps(out, indent=1) + "\n")
     return 0
 
 

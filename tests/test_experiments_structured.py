@@ -41,6 +41,11 @@ def test_tiny_semi_supervised(tmp_path):
     again = tmp_path / "collected"
     assert load_script("semi_supervised").main(["--out", str(again), "--collect", str(out), str(tmp_path / "none")]) == 0
     assert json.loads((again / "results.json").read_text())["rows"] == rows
+    # --diagnose: q(y|x) of the M2 run, its accuracy the table's
+    assert load_script("semi_supervised").main(["--out", str(out), "--diagnose"]) == 0
+    diag = json.loads((out / "diagnostics.json").read_text())["m2_digits_seed0"]
+    assert diag["test_accuracy"] == rows[0]["m2_accuracy"] and sum(diag["predicted_counts"]) == rows[0]["test_examples"]
+    assert np.array(diag["confusion_true_by_predicted"]).trace() == round(diag["test_accuracy"] * rows[0]["test_examples"])
     assert (out / "m1m2_digits_seed0" / "m1" / "metrics.jsonl").read_text().strip()
     assert "| digits | 100 |" in (out / "results.md").read_text() and "M1+M2" in (out / "results.md").read_text()
     assert (out / "accuracy.png").stat().st_size > 0
