@@ -761,3 +761,18 @@ def test_estimator_errors_name_the_argument():
     for call, message in cases:
         with pytest.raises(ValueError, match=message):
             call()
+
+
+def test_decomposition_errors_name_the_argument_and_zero_lambdas_are_allowed():
+    a, s = torch.randn(4, 2, dtype=F64), torch.ones(4, 2, dtype=F64)
+    for args, message in (((a[0], a, s), r"^z must have shape"), ((a, a[0], s), r"^loc must have shape"),
+                          ((a, a, s[0]), r"^scale must have shape"),
+                          ((a, torch.ones(4, 3, dtype=F64), s), r"shape mismatch: z \(4, 2\), loc \(4, 3\), scale \(4, 2\)"),
+                          ((a, a, torch.ones(4, 3, dtype=F64)), r"shape mismatch: z \(4, 2\), loc \(4, 2\), scale \(4, 3\)")):
+        with pytest.raises(ValueError, match=message):
+            total_correlation(*args, 10)
+    with pytest.raises(ValueError, match=r"unknown estimator 'MSS'; choose one of 'mws', 'mss'"):
+        total_correlation(a, a, s, 10, "MSS")
+    off, diag = dip_parts(brute_cov(a))
+    assert dip_penalty(a, lambda_od=0.0, lambda_d=0.5).item() == pytest.approx(0.5 * diag, rel=1e-12)
+    assert dip_penalty(a, lambda_od=0.25, lambda_d=0.0).item() == pytest.approx(0.25 * off, rel=1e-12)
