@@ -776,3 +776,10 @@ def test_decomposition_errors_name_the_argument_and_zero_lambdas_are_allowed():
     off, diag = dip_parts(brute_cov(a))
     assert dip_penalty(a, lambda_od=0.0, lambda_d=0.5).item() == pytest.approx(0.5 * diag, rel=1e-12)
     assert dip_penalty(a, lambda_od=0.25, lambda_d=0.0).item() == pytest.approx(0.25 * off, rel=1e-12)
+
+
+def test_a_tensor_bandwidth_is_accepted():
+    g = torch.Generator().manual_seed(12)
+    x, y = torch.randn(6, 2, generator=g, dtype=F64), torch.randn(5, 2, generator=g, dtype=F64)
+    assert mmd(x, y, kernel="imq", bandwidth=torch.tensor(0.7, dtype=F64)).item() == pytest.approx(
+        brute_mmd_imq(x, y, 0.7), rel=1e-10)
