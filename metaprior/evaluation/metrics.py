@@ -251,8 +251,8 @@ def _digest(a: np.ndarray) -> str:
     return hashlib.sha1(a.view(np.uint8).ravel()).hexdigest() + str(a.shape) + str(a.dtype)
 
 
-def _cache_key(model: str, seed: int, x: np.ndarray, y: np.ndarray) -> tuple:
-    return (model, int(seed), _digest(x), _digest(y))
+def _cache_key(model: str, seed: int, x: np.ndarray, y: np.ndarray, dx: str | None = None) -> tuple:
+    return (model, int(seed), dx or _digest(x), _digest(y))
 
 
 def _cache_put(key: tuple, clf) -> None:
@@ -268,7 +268,9 @@ def clear_fit_cache() -> None:
 
 
 def _fit_quiet(clf, x, y):
-    with warnings.catch_warnings(), _blas_one_thread():
+    """``clf.fit(x, y)`` without convergence warnings. BLAS limits are set once by the calling metric
+    (a ``threadpool_limits`` context costs ~10-60 ms: more than many of these fits)."""
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=_convergence_warning())
         warnings.simplefilter("ignore", category=UserWarning)
         clf.fit(x, y)
@@ -563,8 +565,7 @@ def _fit_and_score(model: str, seed: int, x, y, x_test, y_test):
     predictor, ``LogisticRegressionCV``)."""
     clf = _fit_quiet(_predictor("logistic", seed) if model == "logistic_cv" else _importance_model(model, seed),
                      x, y)
-    with _blas_one_thread():
-        return clf, float(np.mean(clf.predict(x) == y)), float(np.mean(clf.predict(x_test) == y_test))
+    return clf, float(np.mean(clf.predict(x) == y)), float(np.mean(clf.predict(x_test) == y_test))
 
 
 def _shared_fits(model: str, seed: int, x, f, x_test, f_test, n_jobs):
@@ -572,20 +573,21 @@ def _shared_fits(model: str, seed: int, x, f, x_test, f_test, n_jobs):
     from :data:`_FIT_CACHE` where the same (model, seed, x, y) was fit before, the rest in
     parallel (most classes first) and cached."""
     k = f.shape[1]
-    keys = [_cache_key(model, seed, x, f[:, j]) for j in range(k)]
+    dx = _digest(x)
+    keys = [_cache_key(model, seed, x, f[:, j], dx) for j in range(k)]
     out: list = [None] * k
     todo = []
     for j in range(k):
         clf = _FIT_CACHE.get(keys[j])
         if clf is not None:
-            with _blas_one_thread():
-                out[j] = (clf, float(np.mean(clf.predict(x) == f[:, j])),
-                          float(np.mean(clf.predict(x_test) == f_test[:, j])))
+            out[j] = (clf, float(np.mean(clf.predict(x) == f[:, j])),
+                      float(np.mean(clf.predict(x_test) == f_test[:, j])))
         else:
             todo.append(j)
     todo.sort(key=lambda j: -_num_classes(f[:, j]))
-    done = _parallel_map(_fit_and_score, [(model, seed, x, f[:, j], x_test, f_test[:, j]) for j in todo],
-                         n_jobs, work=len(x) * sum(_num_classes(f[:, j]) for j in todo))
+    with _blas_one_thread():
+        done = _parallel_map(_fit_and_score, [(model, seed, x, f[:, j], x_test, f_test[:, j]) for j in todo],
+                             n_jobs, work=len(x) * sum(_num_classes(f[:, j]) for j in todo))
     for j, res in zip(todo, done):
         out[j] = res
         _cache_put(keys[j], res[0])
@@ -735,9 +737,8 @@ def _explicitness(z, y, z_test, y_test, seed):
     """Worker: train / test macro one-vs-rest AUC of a LogisticRegression from codes to one factor."""
     from sklearn.linear_model import LogisticRegression
     clf = _fit_quiet(LogisticRegression(random_state=seed), z, y)
-    with _blas_one_thread():
-        return (_ovr_auc(y, clf.predict_proba(z), clf.classes_),
-                _ovr_auc(y_test, clf.predict_proba(z_test), clf.classes_))
+    return (_ovr_auc(y, clf.predict_proba(z), clf.classes_),
+            _ovr_auc(y_test, clf.predict_proba(z_test), clf.classes_))
 
 
 @_single_thread_blas
@@ -1156,6 +1157,7 @@ def usefulness(codes_train, factors_train, codes_test, factors_test,
     res: dict[tuple, tuple] = {}
     keys, todo = {}, []
     fit_name = {"logistic": "logistic_cv"}  # usefulness' logistic predictor is the CV one
+    digests = {n: _digest(ctr[:n]) for n in use}
     for m in models:
         for n in use:
             for j in range(ftr.shape[1]):
@@ -1163,12 +1165,11 @@ def usefulness(codes_train, factors_train, codes_test, factors_test,
                 if np.unique(y).size < 2:
                     res[m, n, j] = (1.0, float(np.mean(fte[:, j] == y[0])))
                     continue
-                keys[m, n, j] = key = _cache_key(fit_name.get(m, m), seed, x, y)
+                keys[m, n, j] = key = _cache_key(fit_name.get(m, m), seed, x, y, digests[n])
                 clf = _FIT_CACHE.get(key)
                 if clf is not None:
-                    with _blas_one_thread():
-                        res[m, n, j] = (float(np.mean(clf.predict(x) == y)),
-                                        float(np.mean(clf.predict(cte) == fte[:, j])))
+                    res[m, n, j] = (float(np.mean(clf.predict(x) == y)),
+                                    float(np.mean(clf.predict(cte) == fte[:, j])))
                 else:
                     todo.append((m, n, j))
     todo.sort(key=lambda t: -t[1] * _num_classes(ftr[:t[1], t[2]]))

@@ -262,8 +262,7 @@ def fairness(data, encode: Callable, rng, num_train: int = 10000, num_test_point
             inter = np.repeat(orig[None], sizes[j], axis=0)
             inter[:, :, j] = np.arange(sizes[j])[:, None]
             z = M._grid_codes(encode, data, inter.reshape(-1, k), "fairness", max_encode_batch, cache)
-            with M._blas_one_thread():
-                pred = clf.predict(np.ascontiguousarray(z[:, order]))
+            pred = clf.predict(np.ascontiguousarray(z[:, order]))
             classes = np.searchsorted(clf.classes_, pred).reshape(sizes[j], -1)
             counts = np.stack([np.bincount(row, minlength=len(clf.classes_)) for row in classes], axis=1)
             mean_f[i, j], max_f[i, j] = inter_group_fairness(counts)
@@ -297,6 +296,7 @@ def _importance(model, seed, x, f, n_jobs) -> np.ndarray:
                      for c, _, _ in fits], axis=1)
 
 
+@M._single_thread_blas
 def reduced_downstream_task(codes_train, factors_train, codes_test, factors_test,
                             num_factors_to_remove: int = 1, model: str = "gbt", seed: int = 0,
                             n_jobs: int = -1) -> dict[str, float]:
@@ -427,10 +427,10 @@ def _spearman_abs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _lasso_abs(a: np.ndarray, b: np.ndarray, seed: int) -> np.ndarray:
     from sklearn.linear_model import Lasso
-    with M._blas_one_thread():
-        return np.abs(Lasso(alpha=0.1, random_state=seed).fit(a, b).coef_).T
+    return np.abs(Lasso(alpha=0.1, random_state=seed).fit(a, b).coef_).T
 
 
+@M._single_thread_blas
 def udr(representations: Sequence[np.ndarray], kl: Sequence[np.ndarray] | None = None,
         correlation: str = "lasso", filter_low_kl: bool = True, kl_filter_threshold: float = 0.01,
         seed: int = 0, n_jobs: int = -1) -> dict:
