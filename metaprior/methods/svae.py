@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from metaprior.svae_defaults import GMM, LDS, SLDS
+
 from . import register
 
 EVAL_METRICS = ("elbo", "ari", "nmi")
@@ -208,19 +210,19 @@ class SVAEGMM(_SVAERecipe):
     (``bench/bench_svae.py``).
     """
 
-    num_components: int = 5
-    latent_dim: int = 2
-    hidden: tuple[int, ...] = (50,)
+    num_components: int = GMM["num_components"]
+    latent_dim: int = GMM["latent_dim"]
+    hidden: tuple[int, ...] = GMM["hidden"]
     likelihood: str = "auto"
-    obs_scale: float = 0.1
-    meanfield_iters: int = 2
-    alpha: float = 1.0
-    kappa: float = 0.5
-    nu: float = 0.0
-    prior_scale: float = 1.0
-    natgrad_step: float = 0.1
-    init: str = "kmeans"
-    local_grad: str = "last"
+    obs_scale: float = GMM["obs_scale"]
+    meanfield_iters: int = GMM["meanfield_iters"]
+    alpha: float = GMM["alpha"]
+    kappa: float = GMM["kappa"]
+    nu: float = GMM["nu"]
+    prior_scale: float = GMM["prior_scale"]
+    natgrad_step: float = GMM["natgrad_step"]
+    init: str = GMM["init"]
+    local_grad: str = GMM["local_grad"]
 
     def __post_init__(self):
         from metaprior.svae.gmm import GMM_INITS
@@ -234,7 +236,7 @@ class SVAEGMM(_SVAERecipe):
     def spec_for(self, obs_dim: int, likelihood: str):
         from metaprior.svae.gmm import GMMSVAE
 
-        return self.spec_of(GMMSVAE, obs_dim=obs_dim, likelihood=likelihood, nu=self.nu or self.latent_dim + 2.0)
+        return self.spec_of(GMMSVAE, obs_dim=obs_dim, likelihood=likelihood)  # (the spec reads nu = 0 as d + 2)
 
     @property
     def flatten(self):
@@ -368,19 +370,19 @@ class SVAESLDS(_SVAERecipe):
     ARI 0.14 against 0.85 unrolled.
     """
 
-    num_states: int = 2
-    latent_dim: int = 2
-    hidden: tuple[int, ...] = (50,)
+    num_states: int = SLDS["num_states"]
+    latent_dim: int = SLDS["latent_dim"]
+    hidden: tuple[int, ...] = SLDS["hidden"]
     likelihood: str = "auto"
-    obs_scale: float = 0.1
-    meanfield_iters: int = 2
-    alpha: float = 1.0
-    stickiness: float = 10.0
-    natgrad_step: float = 0.1
-    drift_init: float = 0.5
-    refit_step: int = 1000
-    kl_warmup: int = 1000
-    local_grad: str = "unrolled"
+    obs_scale: float = SLDS["obs_scale"]
+    meanfield_iters: int = SLDS["meanfield_iters"]
+    alpha: float = SLDS["alpha"]
+    stickiness: float = SLDS["stickiness"]
+    natgrad_step: float = SLDS["natgrad_step"]
+    drift_init: float = SLDS["drift_init"]
+    refit_step: int = SLDS["refit_step"]
+    kl_warmup: int = SLDS["kl_warmup"]
+    local_grad: str = SLDS["local_grad"]
 
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(self.hidden))
@@ -390,8 +392,7 @@ class SVAESLDS(_SVAERecipe):
     def spec_for(self, obs_dim: int, likelihood: str):
         from metaprior.svae.slds import SLDSSVAE
 
-        return self.spec_of(SLDSSVAE, obs_dim=obs_dim, likelihood=likelihood,
-                            refit_step=self.refit_step if self.num_states > 1 else 0)
+        return self.spec_of(SLDSSVAE, obs_dim=obs_dim, likelihood=likelihood)  # (one state: the spec drops refit_step)
 
     def spec(self, data):
         x = getattr(data, "x", None)
@@ -460,5 +461,5 @@ class SVAELDS(SVAESLDS):
     ``metaprior train --method svae_lds --data bouncing_dot --steps 2000 --out runs/svae_lds``.
     """
 
-    num_states: int = 1
-    meanfield_iters: int = 1
+    num_states: int = LDS["num_states"]
+    meanfield_iters: int = LDS["meanfield_iters"]

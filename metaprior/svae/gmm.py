@@ -73,6 +73,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from metaprior.svae_defaults import GMM as DEFAULTS
 from metaprior.svae.expfam import (
     _SMALL_D,
     _chol,
@@ -143,7 +144,9 @@ class GMMSVAE:
       (fixed standard deviation ``obs_scale``) or ``bernoulli``.
     meanfield_iters: local coordinate-ascent iterations (each: q(z) then q(c) update).
     alpha: Dirichlet concentration of ``pi`` (all components).
-    kappa, nu: NIW pseudo-counts of the means and covariances (``nu > d - 1``).
+    kappa, nu: NIW pseudo-counts of the means and covariances (``nu > d - 1``; 0, the default,
+      for ``d + 2``).
+    Defaults: :data:`metaprior.svae_defaults.GMM` (shared with the ``svae_gmm`` recipe).
     prior_scale: the NIW scale is ``S0 = nu * prior_scale^2 I`` so ``E[Sigma^-1] = I / prior_scale^2``.
     init_spread: standard deviation of the random component means the globals start from.
     natgrad_step: natural-gradient step size ``rho`` in (0, 1].
@@ -156,22 +159,24 @@ class GMMSVAE:
     """
 
     obs_dim: int
-    num_components: int = 5
-    latent_dim: int = 2
-    hidden: tuple = (50,)
+    num_components: int = DEFAULTS["num_components"]
+    latent_dim: int = DEFAULTS["latent_dim"]
+    hidden: tuple = DEFAULTS["hidden"]
     likelihood: str = "gaussian_learned"
-    obs_scale: float = 0.1
-    meanfield_iters: int = 10
-    alpha: float = 1.0
-    kappa: float = 0.5
-    nu: float = 4.0
-    prior_scale: float = 1.0
+    obs_scale: float = DEFAULTS["obs_scale"]
+    meanfield_iters: int = DEFAULTS["meanfield_iters"]
+    alpha: float = DEFAULTS["alpha"]
+    kappa: float = DEFAULTS["kappa"]
+    nu: float = DEFAULTS["nu"]
+    prior_scale: float = DEFAULTS["prior_scale"]
     init_spread: float = 2.0
-    natgrad_step: float = 0.1
-    init: str = "kmeans"
-    local_grad: str = "last"
+    natgrad_step: float = DEFAULTS["natgrad_step"]
+    init: str = DEFAULTS["init"]
+    local_grad: str = DEFAULTS["local_grad"]
 
     def __post_init__(self):
+        if self.nu == 0:  # the default: latent_dim + 2
+            object.__setattr__(self, "nu", self.latent_dim + 2.0)
         check_spec(self, counts=("num_components",), positive=("alpha", "kappa", "prior_scale"))
         if not self.nu > self.latent_dim - 1:
             raise ValueError(f"nu (NIW degrees of freedom) must be > latent_dim - 1 = {self.latent_dim - 1}, got {self.nu}")

@@ -59,6 +59,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from metaprior.svae_defaults import SLDS as DEFAULTS
 from metaprior.svae.expfam import (
     _diag,
     _inv_pd,
@@ -120,7 +121,7 @@ class SLDSSVAE:
     natgrad_step: natural-gradient step size rho in (0, 1] for the HMM globals.
     refit_step: before this step (> 0) the training engine calls :meth:`refit` once, which
       re-initializes the switching dynamics from the latent paths the networks have learned
-      by then (0: never; see :func:`slds_refit_dynamics`).
+      by then (0: never; see :func:`slds_refit_dynamics`); ignored (set to 0) with one state.
     kl_warmup: the rate's weight rises linearly from 0 to 1 over this many steps (0: none);
       the logged ``loss`` is the weighted objective, ``elbo`` the ELBO itself. Without it the
       one-hot frames of ``bouncing_dot`` collapse the posterior for the first 1000-2500 steps.
@@ -128,27 +129,30 @@ class SLDSSVAE:
       (through the last one only, as in Johnson et al.'s code; the earlier ones see the
       potentials and dynamics as constants). The forward values are the same; ``last`` is
       cheaper but starves the Adam-learned dynamics (see the ``svae_slds`` recipe).
+    Defaults: :data:`metaprior.svae_defaults.SLDS` (shared with the ``svae_slds`` recipe).
     """
 
     obs_dim: int
-    num_states: int = 2
-    latent_dim: int = 2
-    hidden: tuple = (50,)
+    num_states: int = DEFAULTS["num_states"]
+    latent_dim: int = DEFAULTS["latent_dim"]
+    hidden: tuple = DEFAULTS["hidden"]
     likelihood: str = "bernoulli"
-    obs_scale: float = 0.1
-    meanfield_iters: int = 5
-    alpha: float = 1.0
-    stickiness: float = 10.0
-    natgrad_step: float = 0.1
-    drift_init: float = 0.5
-    refit_step: int = 0
-    kl_warmup: int = 0
-    local_grad: str = "unrolled"
+    obs_scale: float = DEFAULTS["obs_scale"]
+    meanfield_iters: int = DEFAULTS["meanfield_iters"]
+    alpha: float = DEFAULTS["alpha"]
+    stickiness: float = DEFAULTS["stickiness"]
+    natgrad_step: float = DEFAULTS["natgrad_step"]
+    drift_init: float = DEFAULTS["drift_init"]
+    refit_step: int = DEFAULTS["refit_step"]
+    kl_warmup: int = DEFAULTS["kl_warmup"]
+    local_grad: str = DEFAULTS["local_grad"]
 
     def __post_init__(self):
         check_spec(self, counts=("num_states",), positive=("alpha",))
         if int(self.refit_step) != self.refit_step or self.refit_step < 0:
             raise ValueError(f"refit_step must be an integer >= 0 (0: never), got {self.refit_step}")
+        if self.num_states == 1:  # nothing switches: no dynamics to refit
+            object.__setattr__(self, "refit_step", 0)
         if int(self.kl_warmup) != self.kl_warmup or self.kl_warmup < 0:
             raise ValueError(f"kl_warmup must be an integer >= 0 (0: none), got {self.kl_warmup}")
         if self.stickiness < 0:
