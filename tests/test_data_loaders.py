@@ -237,7 +237,7 @@ def test_smallnorb_wrong_layouts_are_refused(tmp_path):
     write_norb(other / "smallnorb-x-training-dat.mat", np.zeros((3, 2, 4, 4), dtype=np.uint8))
     write_norb(other / "smallnorb-x-training-cat.mat", grid[:, 0].copy())
     write_norb(other / "smallnorb-x-training-info.mat", grid[:, 1:].copy())
-    with pytest.raises(DataError, match="every combination .* exactly once"):
+    with pytest.raises(DataError, match="cat/info files must list every factor combination .* exactly once"):
         SmallNORB(other, parts=("training",))
 
 

@@ -227,6 +227,28 @@ class GroundTruthData(Dataset):
         return self.sample_observations(n, rng).astype(np.float32, copy=False)
 
 
+def grid_rows(classes: np.ndarray, sizes: Sequence[int], what: str) -> np.ndarray | None:
+    """For factor classes [N, k] listing a grid of ``sizes`` once each: the row of each grid index
+    (None when the rows already are in row-major order); :class:`DataError` otherwise."""
+    n = len(classes)
+    expected = int(np.prod(sizes))
+    flat = np.ravel_multi_index(tuple(np.asarray(classes).T), tuple(sizes))
+    if n != expected or np.bincount(flat, minlength=n).max() != 1:
+        raise DataError(f"{what} must list every factor combination of sizes {tuple(sizes)} exactly once "
+                        f"({expected} rows), found {n} rows" + ("" if n != expected else " with repeats"))
+    if (flat == np.arange(n)).all():
+        return None
+    rows = np.empty(n, dtype=np.int64)
+    rows[flat] = np.arange(n)
+    return rows
+
+
+def classes_of(values: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Integer classes [N, k] (each column's sorted distinct values -> 0, 1, ...) and those values."""
+    uniq = [np.unique(col) for col in values.T]
+    return np.stack([np.searchsorted(u, col) for u, col in zip(uniq, values.T)], 1).astype(np.int64), uniq
+
+
 def as_generator(rng) -> np.random.Generator:
     """Accept a numpy Generator, a legacy RandomState (as disentanglement_lib passes) or an int seed."""
     if isinstance(rng, np.random.Generator):

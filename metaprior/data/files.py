@@ -24,7 +24,7 @@ from typing import Callable
 
 import numpy as np
 
-from metaprior.data.base import ArrayData, DataError, GroundTruthData, check_finite
+from metaprior.data.base import ArrayData, DataError, GroundTruthData, check_finite, classes_of, grid_rows
 from metaprior.data.dsprites import DSprites
 
 # IDX type codes (the third magic byte) -> big-endian numpy dtypes
@@ -355,15 +355,8 @@ class DSpritesNPZ(GroundTruthData):
         if classes.size == 0 or classes.min() < 0:
             raise DataError(f"{p}: latents_classes must be non-negative class indices with at least one row")
         self.factor_sizes = tuple(int(s) for s in classes.max(axis=0) + 1)
-        flat = np.ravel_multi_index(tuple(classes.T), self.factor_sizes)
         n = len(classes)
-        if n != self.num_examples or np.bincount(flat, minlength=n).max() != 1:
-            raise DataError(f"{p}: latents_classes must list every factor combination of sizes "
-                            f"{self.factor_sizes} exactly once ({self.num_examples} rows), found {n} rows")
-        self._rows = None
-        if (flat != np.arange(n)).any():  # file not in row-major factor order: map index -> row
-            self._rows = np.empty(n, dtype=np.int64)
-            self._rows[flat] = np.arange(n)
+        self._rows = grid_rows(classes, self.factor_sizes, f"{p}: latents_classes")  # None: row-major file
         self._imgs, (h, w), self._packed = npz_images(p)
         if len(self._imgs) != n:
             raise DataError(f"{p}: {len(self._imgs)} images but {n} rows of latents_classes")
@@ -415,18 +408,9 @@ class Shapes3D(GroundTruthData):
         if len(shape) != 4 or shape[-1] != 3 or shape[0] != len(labels):
             raise DataError(f"{p}: images must be [N, H, W, 3] with N = {len(labels)} rows of labels, got {shape}")
         check_finite(labels, f"{p.name} labels")
-        self.factor_values = [np.unique(col) for col in labels.T]
-        classes = np.stack([np.searchsorted(v, col) for v, col in zip(self.factor_values, labels.T)], 1)
+        classes, self.factor_values = classes_of(labels)
         self.factor_sizes = tuple(len(v) for v in self.factor_values)
-        flat = np.ravel_multi_index(tuple(classes.T), self.factor_sizes)
-        n = len(classes)
-        if n != self.num_examples or np.bincount(flat, minlength=n).max() != 1:
-            raise DataError(f"{p}: labels must list every factor combination of sizes {self.factor_sizes} exactly "
-                            f"once ({self.num_examples} rows), found {n} rows")
-        self._rows = None
-        if (flat != np.arange(n)).any():
-            self._rows = np.empty(n, dtype=np.int64)
-            self._rows[flat] = np.arange(n)
+        self._rows = grid_rows(classes, self.factor_sizes, f"{p}: labels")
         self.path, self._file = p, None
         self.observation_shape = (3, int(shape[1]), int(shape[2]))
 

@@ -40,7 +40,7 @@ from typing import Sequence
 
 import numpy as np
 
-from metaprior.data.base import DataError, GroundTruthData
+from metaprior.data.base import DataError, GroundTruthData, classes_of, grid_rows
 from metaprior.data.files import existing_file, npz_keys
 
 MPI3D_FACTORS = ("object_color", "object_shape", "object_size", "camera_height", "background_color",
@@ -76,28 +76,6 @@ def resize_area(images: np.ndarray, size: int) -> np.ndarray:
 
 def _to_uint8(x: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
-
-
-def grid_rows(classes: np.ndarray, sizes: Sequence[int], what: str) -> np.ndarray | None:
-    """For factor classes [N, k] listing a grid of ``sizes`` once each: the row of each grid index
-    (None when the rows already are in row-major order); :class:`DataError` otherwise."""
-    n = len(classes)
-    expected = int(np.prod(sizes))
-    flat = np.ravel_multi_index(tuple(np.asarray(classes).T), tuple(sizes))
-    if n != expected or np.bincount(flat, minlength=n).max() != 1:
-        raise DataError(f"{what}: the factors must list every combination of sizes {tuple(sizes)} exactly once "
-                        f"({expected} rows), found {n} rows" + ("" if n != expected else " with repeats"))
-    if (flat == np.arange(n)).all():
-        return None
-    rows = np.empty(n, dtype=np.int64)
-    rows[flat] = np.arange(n)
-    return rows
-
-
-def classes_of(values: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Integer classes [N, k] (each column's sorted distinct values -> 0, 1, ...) and those values."""
-    uniq = [np.unique(col) for col in values.T]
-    return np.stack([np.searchsorted(u, col) for u, col in zip(uniq, values.T)], 1).astype(np.int64), uniq
 
 
 class ImageGrid(GroundTruthData):
@@ -265,7 +243,7 @@ class SmallNORB(ImageGrid):
             features.append(np.column_stack([cat, info]).astype(np.int64))
         classes, self.factor_values = classes_of(np.concatenate(features))
         self.factor_sizes = tuple(len(v) for v in self.factor_values)
-        self._rows = grid_rows(classes, self.factor_sizes, f"SmallNORB ({d}, parts {', '.join(parts)})")
+        self._rows = grid_rows(classes, self.factor_sizes, f"SmallNORB ({d}, parts {', '.join(parts)}): the cat/info files")
         self.path = d
         self._set_images(np.concatenate(images))
 
