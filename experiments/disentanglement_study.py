@@ -1,7 +1,7 @@
 """Disentanglement study on dSprites (Locatello et al. 2019; survey sec. 7): verdicts from the study's results.
 
-The study itself is one command (``metaprior study experiments/grids/disentanglement_study.json --jobs N``,
-or ``.devq/study.sh`` for the device run): 7 methods x 2 settings x 3 seeds trained, evaluated and
+The study itself is one command (``metaprior study experiments/grids/disentanglement_study.json --jobs N``):
+7 methods x 2 settings x 3 seeds trained, evaluated and
 aggregated into ``experiments/results/disentanglement_study/``. This script
 
 * ``--verdicts`` (default): re-aggregates the committed run files (``metaprior.study.aggregate`` over
@@ -95,7 +95,7 @@ def verdicts(results: Path) -> Path:
     lines = ["# Disentanglement study on dSprites (Locatello et al. 2019; survey sec. 7)", "",
              "Produced by `python experiments/disentanglement_study.py` from the run files in `runs/` "
              "(trained and evaluated by `metaprior study experiments/grids/disentanglement_study.json`, "
-             "run as `.devq/study.sh`; re-aggregate with `metaprior study "
+             "re-aggregate with `metaprior study "
              "experiments/results/disentanglement_study/grid_used.json --aggregate-only "
              "--out experiments/results/disentanglement_study/runs --results experiments/results/disentanglement_study`).", "",
              "## Setting", "",
