@@ -752,7 +752,7 @@ def test_estimator_errors_name_the_argument():
         (lambda: dhsic([a, a[:3]]), r"row counts \[4, 3\] differ"),
         (lambda: dhsic([a, a], kernel="gauss"), r"^unknown kernel 'gauss'"),
         (lambda: dip_penalty(a[0]), r"^loc must have shape \[M, D\]"),
-        (lambda: dip_penalty(a, kind="ii"), r"needs the encoder scale: pass scale=\[M, D\]"),
+        (lambda: dip_penalty(a, kind="ii"), r"^dip_penalty\(kind='ii'\) needs the encoder scale: pass scale=\[M, D\]"),
         (lambda: dip_penalty(a, s[0], kind="ii"), r"^scale must have shape \[M, D\]"),
         (lambda: dip_penalty(a, s[:, :1], kind="ii"), r"shape mismatch: loc \(4, 2\), scale \(4, 1\)"),
         (lambda: dip_penalty(a, lambda_od=-1.0), r"^lambda_od must be a finite number >= 0"),
