@@ -57,6 +57,7 @@ from pyro import poutine
 from torch.distributions import kl_divergence
 
 from .elbo import ELBO, ELBOResult, TermContext, sample_sites
+from .importance import _site_log_prob
 
 GRADIENTS = ("iwae", "dreg")
 
@@ -74,14 +75,8 @@ def detached(fn):
 
 
 def _row_log_prob(name: str, fn, value, mask, rows: int) -> torch.Tensor:
-    lp = fn.log_prob(value)
-    if mask is not None:
-        lp = lp * mask
-    if lp.shape != (rows,):
-        raise ValueError(
-            f"site {name!r} has batch shape {tuple(lp.shape)}; the IWAE objective needs every site inside the "
-            "data plate with one value per example (event dimensions declared with .to_event)")
-    return lp
+    """One log-density per row, checked as the evaluation's importance weights are (one helper for both)."""
+    return _site_log_prob(name, {"fn": fn, "value": value, "mask": mask}, rows)
 
 
 class _Scale(torch.autograd.Function):

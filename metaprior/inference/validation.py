@@ -22,6 +22,7 @@ tested on synthetic curves.
 """
 from __future__ import annotations
 
+import json
 import math
 from typing import Callable
 
@@ -106,8 +107,6 @@ class Validation:
         row.update(val_metric=self.key, val_best=self.best, val_best_step=self.best_step, val_since_best=self.since_best)
         trainer.last_validation = row
         if fh is not None:
-            import json
-
             fh.write(json.dumps(row) + "\n")
             fh.flush()
         sched = getattr(trainer, "_plateau", None)
