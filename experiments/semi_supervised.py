@@ -258,7 +258,11 @@ def diagnose(folder: Path) -> int:
     predicted-class counts, the confusion matrix and the accuracy on its own labelled points (-> diagnostics.json)."""
     out = {}
     for run_dir in sorted(Path(folder).glob("m2_*_seed*")):
-        run = load_run(run_dir)
+        try:
+            run = load_run(run_dir)
+        except FileNotFoundError as e:  # a run stopped before its checkpoint
+            print(f"--diagnose: {run_dir.name} left out ({e})", file=sys.stderr)
+            continue
         ssl = run.method.semi_supervised(run.data)
         x, y = ssl.test_set()
         p = torch.softmax(run.pair.classifier(torch.as_tensor(x)), -1).numpy()
