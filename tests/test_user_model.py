@@ -280,3 +280,36 @@ def test_a_tuple_setting_that_cannot_be_read_shows_the_format(tmp_path, capsys):
                        "--out", str(tmp_path / "r"), "--no-progress", "--no-plots")
     assert code == 2
     assert "cannot read hidden='abc' as a tuple of ints: give comma-separated int values, e.g. --set hidden=400" in err
+
+
+def build_with_param(data):
+    """Parameters in a pyro.param site as well as in an nn.Module."""
+    n_in = int(np.prod(data.observation_shape))
+    enc, dec = nn.Linear(n_in, 4), nn.Linear(2, n_in)
+    shape = data.observation_shape
+
+    def model(x):
+        bias = pyro.param("bias", torch.zeros(n_in))
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(len(x), 2), 1.0).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=(dec(z) + bias).view(-1, *shape)).to_event(len(shape)), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            m, s = enc(x.flatten(1)).chunk(2, -1)
+            pyro.sample("z", dist.Normal(m, s.exp()).to_event(1))
+
+    return ModelGuide(model, guide, enc, dec)
+
+
+def test_pyro_param_sites_are_restored_from_the_checkpoint(tmp_path):
+    data = load("digits", binarize=True)
+    out = tmp_path / "param"
+    Trainer(build_with_param(data), ELBO(), data, TrainConfig(steps=3, batch_size=16, lr=0.1, progress=False), out=out,
+            record=model_record(build_with_param, data={"name": "digits", "options": {"binarize": True}})).fit()
+    trained = pyro.param("bias").detach().clone()
+    assert trained.abs().max() > 0.05  # moved away from its initial zeros
+    pyro.clear_param_store()
+    run_ = load_run(out)
+    torch.testing.assert_close(pyro.param("bias").detach(), trained)
+    assert run_.step == 3
