@@ -783,3 +783,51 @@ def test_a_tensor_bandwidth_is_accepted():
     x, y = torch.randn(6, 2, generator=g, dtype=F64), torch.randn(5, 2, generator=g, dtype=F64)
     assert mmd(x, y, kernel="imq", bandwidth=torch.tensor(0.7, dtype=F64)).item() == pytest.approx(
         brute_mmd_imq(x, y, 0.7), rel=1e-10)
+
+
+def test_hsic_penalty_with_a_sensitive_site_and_joint_groups():
+    """HSICPenalty: sum_{G<G'} HSIC(z_G, z_G') + HSIC(z, s) with s an observed site of the model (Lopez et al. 2018);
+    joint=True: the d-variable HSIC of all groups (V-statistic); a site that is not observed is refused."""
+    import pyro.distributions as dist
+
+    from metaprior.inference.estimators import dhsic
+    from metaprior.inference.regularizers import HSICPenalty
+
+    g = torch.Generator().manual_seed(13)
+    x = torch.randn(10, 2, generator=g, dtype=F64)
+    s_obs = x[:, :1] + 0.5 * torch.randn(10, 1, generator=g, dtype=F64)
+    loc, scale = x @ torch.tensor([[1.0, 0.5, -0.3], [0.2, 1.0, 0.8]], dtype=F64), 0.5 * torch.ones(10, 3, dtype=F64)
+
+    def model(x, s):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(torch.zeros(len(x), 3, dtype=F64), 1.0).to_event(1))
+            pyro.sample("s", dist.Normal(z[:, :1], 1.0).to_event(1), obs=s)
+            pyro.sample("x", dist.Normal(z[:, 1:], 1.0).to_event(1), obs=x)
+
+    def guide(x, s):
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+    terms = {"pairs": (2.0, HSICPenalty(((0,), (1, 2)), "rbf", 1.1, sensitive="s")),
+             "joint": (0.0, HSICPenalty(((0,), (1,), (2,)), "rbf", 1.1, joint=True)),
+             "only_s": (0.0, HSICPenalty(((0, 1, 2),), "imq", 2.0, sensitive="s"))}
+    pyro.set_rng_seed(0)
+    res = ELBO(terms=terms)(model, guide, x, s_obs)
+    z = res.context.latent("z").value.numpy()
+    pairs = _hand_hsic(_gram(z[:, :1], "rbf", 1.1), _gram(z[:, 1:], "rbf", 1.1)) + \
+        _hand_hsic(_gram(z, "rbf", 1.1), _gram(s_obs, "rbf", 1.1))
+    assert res.parts["pairs"].item() == pytest.approx(pairs, rel=1e-10)
+    assert res.parts["only_s"].item() == pytest.approx(_hand_hsic(_gram(z, "imq", 2.0), _gram(s_obs, "imq", 2.0)), rel=1e-10)
+    grams = [_gram(z[:, [k]], "rbf", 1.1) for k in range(3)]
+    n = len(z)
+    joint = (np.prod(grams, 0).sum() / n**2 + np.prod([k.sum() / n**2 for k in grams])
+             - 2 / n * np.prod([k.sum(1) / n for k in grams], 0).sum())
+    assert res.parts["joint"].item() == pytest.approx(joint, rel=1e-10)
+    assert res.parts["joint"].item() == pytest.approx(
+        dhsic([torch.as_tensor(z[:, [k]]) for k in range(3)], "rbf", 1.1).item(), rel=1e-12)
+    d = torch.as_tensor(pairs)
+    assert close(res.loss, res.parts["distortion"] + res.parts["rate"] + 2.0 * d, rel=1e-9)
+    with pytest.raises(ValueError, match=r"sensitive='z' names no observed site of the model"):
+        ELBO(terms={"h": (1.0, HSICPenalty(((0,), (1, 2)), sensitive="z"))})(model, guide, x, s_obs)
+    with pytest.raises(ValueError, match=r"sensitive='nope' names no observed site"):
+        ELBO(terms={"h": (1.0, HSICPenalty(((0,), (1, 2)), sensitive="nope"))})(model, guide, x, s_obs)
