@@ -82,6 +82,29 @@ def annealed_tracking(rows, runs_dir: Path, path: Path):
     return out
 
 
+def factor_vae_check(d: Path) -> str:
+    """The paragraph on the two single-seed runs in ``factor_vae_check/`` (VAE vs FactorVAE, default critic)."""
+    ev = {n: {k: v["value"] for k, v in json.loads((d / n / "eval.json").read_text()).items()}
+          for n in ("vae", "factor_vae_gamma40")}
+    n_pts = json.loads((d / "vae" / "eval.json").read_text())["decomposition.tc"]["settings"]["num_points"]
+    cfg = json.loads((d / "factor_vae_gamma40" / "config.json").read_text())["method_config"]
+    steps = json.loads((d / "vae" / "config.json").read_text())["train"]["steps"]
+    f, v = ev["factor_vae_gamma40"], ev["vae"]
+    return (f"**FactorVAE check outside the grid (default critic, seed 0, {steps} steps)**: `metaprior train --method "
+            f"vae|factor_vae [--set gamma=40] --data dsprites --steps {steps} --seed 0 --set net=mlp --set log_every=50 "
+            "--set checkpoint_every=1000`, then `metaprior evaluate RUN --metrics decomposition,unsupervised --preset fast "
+            "--set decomposition.iwae_examples=0` (run files in `factor_vae_check/`). FactorVAE gamma 40 with the "
+            f"critic {tuple(cfg['critic_hidden'])}, lr 1e-3, against the VAE at the same budget: full-data TC of the "
+            f"sampled representation {f['decomposition.tc']:.2f} vs {v['decomposition.tc']:.2f} nats (q(z) of {n_pts} "
+            f"training images; MI {f['decomposition.mi']:.2f} vs {v['decomposition.mi']:.2f}, near log {n_pts} = "
+            f"{math.log(n_pts):.2f}, so both TCs include the spiky-mixture part described in "
+            f"`metaprior/evaluation/decomposition.py`), rate {f['decomposition.rate']:.1f} vs {v['decomposition.rate']:.1f}, "
+            f"distortion {f['decomposition.distortion']:.1f} vs {v['decomposition.distortion']:.1f}; Gaussian TC of "
+            f"the means {f['unsupervised.gaussian_total_correlation']:.3f} vs {v['unsupervised.gaussian_total_correlation']:.3f}. "
+            + ("**Lower with FactorVAE (one seed).**" if f["decomposition.tc"] < v["decomposition.tc"]
+               else "**Not lower with FactorVAE.**"))
+
+
 def verdicts(results: Path) -> Path:
     from metaprior.study import aggregate
     from metaprior.sweep import load_grid
@@ -149,6 +172,10 @@ def verdicts(results: Path) -> Path:
         held = mean_main > 0.3 and (not modp or mean_mod < mean_main)
         if not math.isfinite(mean_main):
             held = None
+    if len(keys) < 3 or held is None:
+        lines += ["1. **Most metrics are correlated, modularity less** (their Fig. 2). **Not decided**: fewer than "
+                  "three finished runs with distinct values of the metrics."]
+    else:
         lines += [f"1. **Most metrics are correlated, modularity less** (their Fig. 2). Mean Spearman rho over the "
                   f"pairs of {', '.join(keys[i] for i in main)}: {mean_main:.2f} (range "
                   f"{min(pairs):.2f} to {max(pairs):.2f}); modularity with them: {_f(mean_mod, 2)}. "
@@ -170,6 +197,9 @@ def verdicts(results: Path) -> Path:
                   f"{np.mean(both):.2f}, leaving {1 - np.mean(both):.2f} to the seed (`variance_explained.csv`). "
                   f"Rule: held if the seed's share is >= 0.5 in at least a third of the cells. "
                   f"**{'Held' if held else 'Did not hold'}.**"]
+    else:
+        lines += ["2. **The random seed matters as much as the hyperparameter** (their sec. 5). **Not decided**: no "
+                  "method has finished runs at two settings with at least two seeds of one of them."]
     # 3. sampled vs mean TC
     tc_rows = []
     for m in REGULARIZED:
@@ -195,15 +225,26 @@ def verdicts(results: Path) -> Path:
                   f"({', '.join(down) or 'none'}); the mean's TC rises for {len(up)} ({', '.join(up) or 'none'}). "
                   f"Rule: held if the sampled TC falls for all but at most one method and the mean's rises for at "
                   f"least one. **{'Held' if held else 'Did not hold'}.**"]
+    else:
+        lines += ["3. **Regularizing q(z) lowers the sampled representation's TC while the mean's TC can rise** "
+                  "(their Fig. 1). **Not decided**: no regularized method has finished runs at both settings."]
     # 4. FactorVAE vs VAE
     vae = models.get("vae lr=0.001")
     fv = [v for v in models.values() if v["method"] == "factor_vae"]
+    fv_set = spec.get("method_grid", {}).get("factor_vae", {}).get("set", {})
+    critic = ("the paper's critic 6 x 1000 leaky ReLU" if fv_set.get("critic") == "kim_mnih"
+              or list(fv_set.get("critic_hidden", [])) == [1000] * 6 else "the default 3 x 256 critic")
+    lines += ["", "## FactorVAE and the annealed VAE at their papers' settings", ""]
+    if not (vae and fv):
+        lines += ["**FactorVAE's TC below the VAE's at equal budget**: **not decided by the study** (finished: "
+                  + (", ".join(m for m in models) or "none") + "; it needs `vae lr=0.001` and `factor_vae`)."]
+    if (results / "factor_vae_check" / "vae" / "eval.json").exists():
+        lines += ["", factor_vae_check(results / "factor_vae_check")]
     if vae and fv:
         v_tc = vae["decomposition.tc"]
         below = [f for f in fv if f["decomposition.tc"]["mean"] is not None and f["decomposition.tc"]["mean"] < v_tc["mean"]]
-        lines += ["", "## FactorVAE and the annealed VAE at their papers' settings", "",
-                  f"**FactorVAE's TC below the VAE's at equal budget** ({spec['steps']} steps, lr 1e-3, the paper's "
-                  f"critic 6 x 1000 leaky ReLU, Adam 1e-4 betas (0.5, 0.9)). Full-data TC of the sampled "
+        lines += [f"**FactorVAE's TC below the VAE's at equal budget** ({spec['steps']} steps, lr 1e-3, "
+                  f"{critic}, Adam 1e-4 betas (0.5, 0.9)). Full-data TC of the sampled "
                   f"representation: VAE {_ms(vae, 'decomposition.tc')}; "
                   + "; ".join(f"{f['model']} {_ms(f, 'decomposition.tc')}" for f in fv)
                   + f" nats. **{'Held' if len(below) == len(fv) else ('Held for ' + ', '.join(f['model'] for f in below)) if below else 'Did not hold'}.**"
@@ -234,6 +275,8 @@ def verdicts(results: Path) -> Path:
                   ". For comparison at similar rates, " + "; ".join(f"{n}: rate {r:.1f}, distortion {d:.1f}" for n, r, d in bvae)
                   + f". Rule: held if every final rate is within max(1, 0.1 C_max) nats of C_max. "
                   f"**{'Held' if ok else 'Did not hold'}.** (`annealed_rate_vs_capacity.png`)"]
+    else:
+        lines += ["", "**The annealed VAE's rate follows C(t) up to C_max**: **not decided** (no annealed_vae run finished)."]
     if (results / "vib.csv").exists():
         lines += ["", "## Survey Fig. 7b: the supervised variant (VIB)", "", (results / "vib.md").read_text().strip()]
     md = results / "RESULTS.md"
