@@ -239,10 +239,12 @@ def _plot_representation(run, run_dir: Path, d: Path, device: str, rep) -> list[
 
     seed = run.train.seed
     (loc, scale, values, names), dec = rep
+    code = getattr(run.pair, "code_name", "z")
     paths = [
         plots.latent_scatter(loc.cpu().numpy(), values, names, d / "latent_scatter.png", kl=dec.rate_per_dim,
-                             title=getattr(run.data, "name", "latent space")),
-        plots.kl_bars(dec.rate_per_dim, d / "kl_per_dim.png", dimwise_kl_per_dim=dec.dimwise_kl_per_dim),
+                             title=getattr(run.data, "name", "latent space"), code_name=code),
+        plots.kl_bars(dec.rate_per_dim, d / "kl_per_dim.png", dimwise_kl_per_dim=dec.dimwise_kl_per_dim,
+                      code_name=code),
     ]
     khat, k_draws = None, None
     nc = run_dir / "posterior.nc"

@@ -302,6 +302,11 @@ class TracedPair(torch.nn.Module):
         return loc, scale
 
     @property
+    def code_name(self) -> str:
+        """The representation site's name (the plots label its dimensions ``z1[0]``, ``z1[1]``, ...)."""
+        return self.site(torch.zeros((2, *self.observation_shape)))
+
+    @property
     def latent_dim(self) -> int:
         if self._dim is None:
             self.encode(torch.zeros((2, *self.observation_shape)))

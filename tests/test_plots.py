@@ -91,3 +91,16 @@ def test_khat_histogram_flags_unreliable_estimates(tmp_path, captured, khat, fla
     (fig,) = captured
     title = fig._suptitle.get_text() if fig._suptitle is not None else ""
     assert ("UNRELIABLE: k-hat >= 0.7 for 33% of examples" in title) == flagged
+
+
+def test_a_named_representation_site_labels_every_plot_the_same_way(tmp_path, captured):
+    pair = _Linear()
+    pair.code_name = "z1"
+    figures.latent_traversals(pair, torch.zeros(3, 4), tmp_path / "t.png", values=(0.0, 1.0), kl=np.array([0.5, 1.0]))
+    figures.kl_bars(np.array([0.5, 1.0]), tmp_path / "k.png", code_name="z1")
+    figures.latent_scatter(np.random.default_rng(0).normal(size=(20, 2)), None, [], tmp_path / "s.png",
+                           kl=np.array([0.5, 1.0]), code_name="z1")
+    trav, bars, scatter = captured
+    assert [a.get_ylabel() for a in np.array(trav.axes).reshape(2, 2)[:, 0]] == ["z1[1] KL=1.00", "z1[0] KL=0.50"]
+    assert [t.get_text() for t in bars.axes[0].get_xticklabels()] == ["z1[0]", "z1[1]"]
+    assert scatter.axes[0].get_xlabel() == "z1[1] (KL 1.00)"

@@ -123,7 +123,8 @@ def latent_traversals(pair, x: torch.Tensor, path, values: Sequence[float] = tup
     rows, dims, kl = traversal_batch(pair, x, values, dims, kl)
     if not _is_image(rows[0].shape[1:]):
         return _scatter({f"z{d}": r.cpu().numpy() for d, r in list(zip(dims, rows))[:3]}, path, "latent traversals")
-    labels = [f"z{d} KL={float(kl[d]):.2f}" for d in dims]
+    name = getattr(pair, "code_name", "z")
+    labels = [f"{name}{d} KL={float(kl[d]):.2f}" if name == "z" else f"{name}[{d}] KL={float(kl[d]):.2f}" for d in dims]
     return image_grid(torch.cat(rows), path, ncol=len(values), row_labels=labels,
                       col_labels=[f"{v:+.1f}" for v in values], xlabel="value of the traversed dimension",
                       title="latent traversals: one dimension varied, the others at the encoder mean of one input")
@@ -254,7 +255,7 @@ MAX_CATEGORIES = 20
 
 
 def latent_scatter(codes, values, names: Sequence[str], path, kl=None, max_points: int = 2000,
-                   title: str = "latent space") -> Path:
+                   title: str = "latent space", code_name: str = "z") -> Path:
     """The two most informative latent dimensions, one panel per factor or label, points coloured by it.
 
     The survey's Fig. 1b. ``codes`` [n, D] (encoder means), ``values`` [n, k] integer factors
@@ -287,15 +288,20 @@ def latent_scatter(codes, values, names: Sequence[str], path, kl=None, max_point
                 sc = ax.scatter(x, y, c=v, s=4, alpha=0.7, cmap="viridis")
                 fig.colorbar(sc, ax=ax, fraction=0.046, pad=0.02, label=name)
             ax.set_title(f"coloured by {name}", fontsize=9)
-        ax.set_xlabel(f"z{dims[0]}" + (f" (KL {kl[dims[0]]:.2f})" if kl is not None else ""), fontsize=8)
-        ax.set_ylabel((f"z{dims[1]}" + (f" (KL {kl[dims[1]]:.2f})" if kl is not None else "")) if len(dims) > 1 else "",
-                      fontsize=8)
+        ax.set_xlabel(_dim(code_name, dims[0]) + (f" (KL {kl[dims[0]]:.2f})" if kl is not None else ""), fontsize=8)
+        ax.set_ylabel((_dim(code_name, dims[1]) + (f" (KL {kl[dims[1]]:.2f})" if kl is not None else ""))
+                      if len(dims) > 1 else "", fontsize=8)
     fig.suptitle(f"{title}: the two most informative dimensions", fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path)
 
 
-def kl_bars(rate_per_dim, path, dimwise_kl_per_dim=None) -> Path:
+def _dim(code_name: str, d: int) -> str:
+    """``z3`` for the default code name, ``z1[3]`` for a named site (a user's program with several latent sites)."""
+    return f"z{d}" if code_name == "z" else f"{code_name}[{d}]"
+
+
+def kl_bars(rate_per_dim, path, dimwise_kl_per_dim=None, code_name: str = "z") -> Path:
     """Per-dimension KL bars: E_x KL(q(z_d|x) || N(0, 1)) (the rate of dimension d under the standard-normal
     prior) and, if given, KL(q(z_d) || N(0, 1)) of the aggregate posterior (Chen et al. 2018's dimension-wise KL).
     Both are against N(0, 1), which is p(z_d) only for the standard-normal prior; the labels say so."""
@@ -309,7 +315,7 @@ def kl_bars(rate_per_dim, path, dimwise_kl_per_dim=None) -> Path:
         k = np.asarray(dimwise_kl_per_dim, dtype=np.float64)
         ax.bar(d + w / 2, k, width=w, label=f"KL(q(z_d) || N(0, 1)), total {k.sum():.2f}")
     ax.set_xticks(d)
-    ax.set_xticklabels([f"z{i}" for i in d], fontsize=8)
+    ax.set_xticklabels([_dim(code_name, int(i)) for i in d], fontsize=8)
     ax.set_ylabel("nats")
     ax.set_title("KL per latent dimension", fontsize=10, pad=28 if dimwise_kl_per_dim is not None else 6)
     ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
