@@ -831,3 +831,43 @@ def test_hsic_penalty_with_a_sensitive_site_and_joint_groups():
         ELBO(terms={"h": (1.0, HSICPenalty(((0,), (1, 2)), sensitive="z"))})(model, guide, x, s_obs)
     with pytest.raises(ValueError, match=r"sensitive='nope' names no observed site"):
         ELBO(terms={"h": (1.0, HSICPenalty(((0,), (1, 2)), sensitive="nope"))})(model, guide, x, s_obs)
+
+
+def test_regularizer_terms_defaults_and_kernels():
+    """rate() reads site "z" by default; MMDToPrior keeps its kernel in both branches (RBF with the median
+    heuristic, RBF at given scales) and reads its own site; CapacityGap starts at C(0) = 0; decomposed_rate names a
+    bad weight."""
+    from metaprior.inference.regularizers import CapacityGap, KLDecomposition, decomposed_rate, rate
+
+    g = torch.Generator().manual_seed(14)
+    z, p = 0.5 + torch.randn(7, 2, generator=g, dtype=F64), torch.randn(7, 2, generator=g, dtype=F64)
+
+    def rbf_mmd(h):
+        x, y = z.numpy(), p.numpy()
+        k = lambda a, b: math.exp(-((a - b) ** 2).sum() / (2 * h**2))  # noqa: E731
+        m = len(x)
+        kxx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+        kyy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+        return kxx + kyy - 2 * sum(k(a, b) for a in x for b in y) / m**2
+
+    pooled = torch.cat([z, p])
+    med = float(torch.pdist(pooled).median())
+    assert MMDToPrior("rbf")(_Ctx(z, p)).item() == pytest.approx(rbf_mmd(med), rel=1e-9)
+    assert MMDToPrior("rbf", 1.5, (1.0, 2.0))(_Ctx(z, p)).item() == pytest.approx(rbf_mmd(1.5) + rbf_mmd(3.0), rel=1e-9)
+
+    class SiteCtx(_Ctx):
+        def latent(self, name="z"):
+            assert name == "w", name
+            return super().latent(name)
+
+    assert MMDToPrior("imq", 1.0, site="w")(SiteCtx(z, p)).item() == pytest.approx(brute_mmd_imq(z, p, 1.0), rel=1e-9)
+    gap = CapacityGap(10.0, 4)
+    assert [gap.c(t) for t in (0, 1, 4, 9)] == [0.0, 2.5, 10.0, 10.0]
+    with pytest.raises(ValueError, match=r"^mi must be a finite number >= 0"):
+        decomposed_rate({"mi": -1.0, "tc": 1.0, "dimwise_kl": 1.0}, KLDecomposition())
+    digits = load("digits")
+    pyro.set_rng_seed(0)
+    pair, _ = configure(METHODS["vae"], TINY).build(digits)
+    res = ELBO()(pair.model, pair.guide, torch.as_tensor(digits.batch(0, 8, 0)))
+    _, loc, scale = gaussian_codes(res)
+    assert close(rate(res.context), hand_rate(loc, scale), rel=1e-5)
