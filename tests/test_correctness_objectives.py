@@ -871,3 +871,27 @@ def test_regularizer_terms_defaults_and_kernels():
     res = ELBO()(pair.model, pair.guide, torch.as_tensor(digits.batch(0, 8, 0)))
     _, loc, scale = gaussian_codes(res)
     assert close(rate(res.context), hand_rate(loc, scale), rel=1e-5)
+
+
+def test_kl_decomposition_size_and_estimator_reach_every_part(digits):
+    """A term's own dataset_size wins over the context's; without either the error says how to pass it; the
+    within-group TC uses the term's estimator (mws here), as the brute force at N = 50 shows."""
+    from metaprior.inference.regularizers import KLDecomposition
+
+    pyro.set_rng_seed(0)
+    pair, _ = configure(METHODS["vae"], TINY).build(digits)
+    spread(pair)
+    x = torch.as_tensor(digits.batch(0, 8, 0))
+    res = ELBO()(pair.model, pair.guide, x, dataset_size=1000)
+    z, loc, scale = gaussian_codes(res)
+    groups = [(0, 1), (2, 3)]
+    for estimator in ("mws", "mss"):
+        parts = KLDecomposition(estimator, dataset_size=50, groups=groups).parts(res.context)
+        want = brute_decomposition(z, loc, scale, 50, estimator, groups)
+        for key in ("mi", "tc_between", "tc_within", "dimwise_kl"):
+            assert close(parts[key], want[key], rel=1e-4, abs_=1e-5), (estimator, key)
+    res.context.dataset_size = None
+    with pytest.raises(ValueError, match=r"^the aggregate-posterior estimators need the training-set size: pass "
+                                         r"dataset_size to the term or to ELBO\(\.\.\.\)\(\.\.\., dataset_size=N\) "
+                                         r"\(the Trainer passes data\.num_examples\)$"):
+        KLDecomposition().parts(res.context)
