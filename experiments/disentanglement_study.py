@@ -238,8 +238,6 @@ def verdicts(results: Path) -> Path:
     if not (vae and fv):
         lines += ["**FactorVAE's TC below the VAE's at equal budget**: **not decided by the study** (finished: "
                   + (", ".join(m for m in models) or "none") + "; it needs `vae lr=0.001` and `factor_vae`)."]
-    if (results / "factor_vae_check" / "vae" / "eval.json").exists():
-        lines += ["", factor_vae_check(results / "factor_vae_check")]
     if vae and fv:
         v_tc = vae["decomposition.tc"]
         below = [f for f in fv if f["decomposition.tc"]["mean"] is not None and f["decomposition.tc"]["mean"] < v_tc["mean"]]
@@ -252,6 +250,8 @@ def verdicts(results: Path) -> Path:
                      f"`vae lr=0.0001` has TC {_ms(models['vae lr=0.0001'], 'decomposition.tc')}, distortion "
                      f"{_ms(models['vae lr=0.0001'], 'distortion', 1)}, against {_ms(vae, 'distortion', 1)} at 1e-3.)"
                      if "vae lr=0.0001" in models else "")]
+    if (results / "factor_vae_check" / "vae" / "eval.json").exists():
+        lines += ["", factor_vae_check(results / "factor_vae_check")]
     # 5. annealed VAE
     track = annealed_tracking(rows, runs_dir, results / "annealed_rate_vs_capacity.png")
     if track:
@@ -269,12 +269,26 @@ def verdicts(results: Path) -> Path:
                          f"step {ts[0]['c_steps'] // 2} on {gap:.2f}, held-out distortion {np.mean(dh):.1f}")
             ok = ok and abs(rf - c) <= max(1.0, 0.1 * c)
         bvae = [(v["model"], v["rate"]["mean"], v["distortion"]["mean"]) for v in models.values()
-                if v["method"] == "beta_vae" and v["rate"]["mean"] is not None]
+                if v["model"] == "vae lr=0.001" or v["method"] == "beta_vae" and v["rate"]["mean"] is not None]
+        near = []
+        for c, ts in sorted(by_c.items()):
+            rh = np.mean([t["rate_heldout"] for t in ts if t["rate_heldout"] is not None])
+            dh = np.mean([t["distortion_heldout"] for t in ts if t["distortion_heldout"] is not None])
+            if bvae:
+                n, r, d = min(bvae, key=lambda b: abs(b[1] - rh))
+                near.append((c, rh, dh, n, r, d))
         lines += ["", f"**The annealed VAE's rate follows C(t) up to C_max** (gamma 1000, C ramped over "
                   f"{track[0]['c_steps']} of {spec['steps']} steps): " + "; ".join(parts) +
                   ". For comparison at similar rates, " + "; ".join(f"{n}: rate {r:.1f}, distortion {d:.1f}" for n, r, d in bvae)
                   + f". Rule: held if every final rate is within max(1, 0.1 C_max) nats of C_max. "
                   f"**{'Held' if ok else 'Did not hold'}.** (`annealed_rate_vs_capacity.png`)"]
+        if near:
+            close = all(abs(dh - d) <= 0.1 * d and abs(rh - r) <= 0.2 * max(r, 1.0) for _, rh, dh, _, r, d in near)
+            lines += ["", "**The annealed VAE's distortion stays near the beta-VAE's at equal rate** (Burgess et al.): "
+                      + "; ".join(f"c_max {c:g}: R {rh:.1f}, D {dh:.1f} against {n}: R {r:.1f}, D {d:.1f}"
+                                  for c, rh, dh, n, r, d in near)
+                      + ". Rule: held if, for each c_max, the (beta-)VAE run of nearest held-out rate (within 20%) has a "
+                        f"distortion within 10% of the annealed VAE's. **{'Held' if close else 'Did not hold'}.**"]
     else:
         lines += ["", "**The annealed VAE's rate follows C(t) up to C_max**: **not decided** (no annealed_vae run finished)."]
     if (results / "vib.csv").exists():
