@@ -22,6 +22,7 @@ with their reasons in ``tools/mutation_equivalent.txt``.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import os
 import re
 import shlex
@@ -98,6 +99,9 @@ def main(argv=None) -> int:
     p.add_argument("--workdir", type=Path, default=Path("/tmp/metaprior-mutmut"))
     p.add_argument("--max-children", type=int, default=1, help="parallel mutant runs (default 1)")
     p.add_argument("--timeout", type=int, default=0, help="stop a target's run after this many seconds (0: none)")
+    p.add_argument("--only", nargs="+", metavar="FUNCTION",
+                   help="mutate only these functions of the target (names as in the module, e.g. _decomposition mmd; "
+                        "or mutmut name globs such as '*KLDecomposition*parts__mutmut_*' for methods)")
     p.add_argument("--tests", help="replace the target's test selection: one string, e.g. \"tests/a.py -k 'not cli'\"")
     args = p.parse_args(argv)
     names = [t for name in args.targets for t in (ALL if name == "all" else (name,))]
@@ -116,6 +120,8 @@ def main(argv=None) -> int:
         copy_tree(dest)
         configure(dest, mutate, shlex.split(args.tests) if args.tests else tests)
         cmd = ["nice", "-n", "10", sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children)]
+        globs = [f if "*" in f else f"*.x_{f}__mutmut_*" for f in args.only or ()]
+        cmd += globs
         if args.timeout:
             cmd = ["timeout", str(args.timeout), *cmd]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -123,6 +129,8 @@ def main(argv=None) -> int:
         with open(args.workdir / f"{name}.log", "w") as log:
             rc = subprocess.run(cmd, cwd=dest, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
         status = counts(dest)
+        if globs:
+            status = {n: st for n, st in status.items() if any(fnmatch.fnmatch(n, g) for g in globs)}
         tally = {k: sum(1 for s in status.values() if s == k) for k in ("killed", "survived", "timeout", "not checked")}
         other = len(status) - sum(tally.values())
         survivors = sorted(n for n, s in status.items() if s == "survived")
