@@ -14,6 +14,11 @@ Also on the real MNIST test set (``--datasets digits mnist``; the 10,000 t10k im
 
     python experiments/discrete_factors.py --tiny --out runs/discrete_tiny   # CI
     python experiments/discrete_factors.py --out runs/discrete               # full CPU setting
+
+Measured: the full setting was stopped after its first model (the run shared two loaded
+cores for an hour; experiments/results/discrete_factors/): JointVAE on digits, 6000 steps,
+matched accuracy 50.0 %, NMI 0.556, 8 of 10 values used. The mixture-prior VAE and MNIST
+rows were not reached.
 """
 from __future__ import annotations
 
