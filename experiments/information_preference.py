@@ -16,6 +16,13 @@ the 8x8 image, the full receptive field), with everything else fixed; held-out r
     python experiments/information_preference.py --out runs/ip_flow --prior flow   # Chen et al.'s learned flow prior
 
 Writes the run directories, ``results.json``, ``results.md`` and ``rate_vs_window.png``.
+
+Measured (``--windows 7 0 --steps 1500``, seed 0, one thread, about 5 min on the shared
+machine; experiments/results/information_preference/): with the full receptive field the
+held-out rate is 0.16 nats (distortion 17.11), with the factorized decoder 4.93 nats
+(distortion 17.52): the full PixelCNN decoder leaves z almost unused. The five-window
+setting and ``--prior flow`` were started at 3000 steps but stopped after the first window
+(w = 0: rate 5.79 with N(0, I), 5.33 with the flow prior).
 """
 from __future__ import annotations
 
