@@ -9,6 +9,11 @@ for comparison, of uniformly drawn codes.
 
     python experiments/vq_digits.py --tiny --out runs/vq_tiny     # CI: a few steps
     python experiments/vq_digits.py --out runs/vq                  # full CPU setting
+
+Measured (``--steps 2000 --prior-steps 1000``, shorter than the full setting; seed 0, one
+thread; experiments/results/vq_digits/): codebook perplexity 30.1 of 32 on the held-out
+digits, 163 distinct code maps for 180 images; the PixelCNN code prior's held-out NLL is
+8.51 nats against 13.86 for the uniform prior (4 log 32).
 """
 from __future__ import annotations
 
