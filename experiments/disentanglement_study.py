@@ -191,7 +191,8 @@ def verdicts(results: Path) -> Path:
                 and math.isfinite(pooled[(k, "method x setting")])]
         held = frac >= 1 / 3
         lines += [f"2. **The random seed matters as much as the hyperparameter** (their sec. 5). Over the "
-                  f"{len(var)} (method, metric) cells, the seed's share of the variance (1 - eta^2 of the setting) "
+                  f"{len(var)} (method, metric) cells (methods with a second seed: "
+                  f"{', '.join(sorted({v['scope'] for v in var}))}; {sum(v['runs'] for v in var) // max(1, len(keys))} runs), the seed's share of the variance (1 - eta^2 of the setting) "
                   f"has median {np.median(seed):.2f}; it is >= 0.5 in {frac:.0%} of the cells. Across all runs the "
                   f"method explains {np.mean(meth):.2f} of the variance on average over the metrics, method x setting "
                   f"{np.mean(both):.2f}, leaving {1 - np.mean(both):.2f} to the seed (`variance_explained.csv`). "
