@@ -109,7 +109,7 @@ def test_vlae_flow_prior_from_the_command_line(tmp_path, capsys):
 @pytest.mark.parametrize("setting, message", [
     ("prior=gaussian", "unknown prior 'gaussian'; valid: normal, flow"),
     ("flow_layers=0", "flow_layers must be >= 1"),
-    ("flow_hidden=0", "flow_hidden must be one or more positive layer sizes"),
+    ("flow_hidden=0", "flow_hidden=0: every size must be a positive integer"),
 ])
 def test_vlae_bad_prior_settings(tmp_path, capsys, setting, message):
     code, _, err = cli(capsys, "train", "--method", "vlae", "--data", "digits", "--steps", "2", "--out", str(tmp_path / "r"),
