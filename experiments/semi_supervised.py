@@ -83,20 +83,13 @@ ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT.parent / "shared" / "data" / "mnist-t10k" / "t10k-images-idx3-ubyte.gz"
 
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from discrete_factors import datasets as _labelled_datasets  # noqa: E402  (one loader for both scripts)
+
+
 def datasets(names, mnist: Path = MNIST) -> dict:
-    out = {}
-    for name in names:
-        if name == "digits":
-            out[name] = (load("digits"), {"name": "digits", "options": {}})
-        elif name == "mnist":
-            if not Path(mnist).exists():
-                print(f"skipping mnist: {mnist} is absent", file=sys.stderr)
-                continue
-            opts = {"path": str(mnist), "binarize": True}
-            out[name] = (load("mnist", **opts), {"name": "mnist", "options": opts})
-        else:
-            raise SystemExit(f"unknown data set {name!r}; choose digits or mnist")
-    return out
+    """The labelled data sets by name (``digits``; ``mnist`` from ``mnist``, skipped with a message if absent)."""
+    return _labelled_datasets(names, mnist)
 
 
 def supervised_baseline(ssl: SemiSupervised, hidden, net: str, steps: int, lr: float, weight_decay: float,
